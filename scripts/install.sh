@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs stuffed-mamba on a fresh machine of this kind (Debian, Python 3.11, no GPU).
+#   bash scripts/install.sh        the package (enough to train, evaluate and use the data pipeline)
+#   bash scripts/install.sh dev    plus the test references (transformers), mamba-ssm's Triton kernels
+#                                  for the CPU interpreter, and Debian's Slurm + munge for the Slurm tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+# CPU torch first: anything that asks for a bare "torch" later then finds it satisfied
+# instead of pulling a multi-GB CUDA build.
+$PY -m pip install -q "torch==2.13.0"
+$PY -m pip install -q -e ".[dev]"
+
+if [ "${1:-}" = "dev" ]; then
+  # mamba-ssm's CUDA extension cannot build here; its Python package (Triton kernels) can,
+  # and the tests run those kernels on the CPU under TRITON_INTERPRET=1.
+  MAMBA_FORCE_BUILD=TRUE MAMBA_SKIP_CUDA_BUILD=TRUE \
+    $PY -m pip install -q --no-build-isolation "mamba-ssm==2.3.2.post1"
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update -qq
+      apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null
+    fi
+  fi
+fi

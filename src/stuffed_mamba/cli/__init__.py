@@ -1,0 +1,59 @@
+"""The `stuffed-mamba` console script.
+
+Each command group lives in its own module and registers its sub-parsers through
+`add_parser(subparsers)`; heavy imports (torch, lightning, datasets) happen inside
+the command functions, so `stuffed-mamba --help` and argument errors are instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command name -> module under stuffed_mamba.cli that defines add_parser(subparsers)
+_COMMANDS = {
+    "fit": "fit",
+    "eval": "eval",
+    "data": "data",
+    "analyze": "analyze",
+    "export": "export",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stuffed-mamba",
+        description="Extend Mamba-2 language models to long contexts and watch whether they learn to forget.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in _COMMANDS.items():
+        try:
+            mod = importlib.import_module(f"stuffed_mamba.cli.{module}")
+        except ModuleNotFoundError as e:
+            if e.name == f"stuffed_mamba.cli.{module}":
+                continue  # command not built yet
+            raise
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except CLIError as e:
+        print(f"stuffed-mamba {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return int(rc or 0)
+
+
+class CLIError(Exception):
+    """An error the user can fix; printed as one line without a traceback."""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
