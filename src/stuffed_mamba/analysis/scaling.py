@@ -1,0 +1,166 @@
+"""`analyze scaling`: thresholds per state size from a results table, the two laws fitted, plots.
+
+Only uncensored thresholds enter the fits; the linear law needs two state sizes, the
+exponential one three (and a fourth before it has a confidence band).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stuffed_mamba.analysis.fits import (
+    PAPER_T_FORGET, PAPER_T_RECALL, PAPER_UNITS, ExponentialLaw, LinearLaw,
+    fit_exponential, fit_linear, pick_unit, unit_name,
+)
+from stuffed_mamba.analysis.results import read_results
+from stuffed_mamba.analysis.thresholds import Threshold, thresholds
+
+
+@dataclass
+class ScalingReport:
+    rows: list[dict[str, Any]]
+    skipped: int
+    thresholds: list[Threshold]
+    x_unit: float
+    y_unit: float
+    forget_fit: LinearLaw | None = None
+    recall_fit: ExponentialLaw | None = None
+    notes: list[str] = field(default_factory=list)
+    plots: list[Path] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        def law(l):
+            if l is None:
+                return None
+            return {"formula": l.formula(), "params": dict(zip(_names(l), l.params)),
+                    "stderr": dict(zip(_names(l), l.stderr())), "r2": l.r2, "n": l.n,
+                    "x_unit": l.x_unit, "y_unit": l.y_unit}
+
+        return {
+            "n_rows": len(self.rows), "skipped_rows": self.skipped,
+            "units": {"state_size": self.x_unit, "length": self.y_unit},
+            "thresholds": [t.as_dict() for t in self.thresholds],
+            "forget_fit": law(self.forget_fit), "recall_fit": law(self.recall_fit),
+            "paper_prediction": [
+                {"state_size": t.state_size, "t_forget": float(PAPER_T_FORGET.tokens(t.state_size)),
+                 "t_recall": float(PAPER_T_RECALL.tokens(t.state_size))} for t in self.thresholds
+            ],
+            "notes": self.notes, "plots": [str(p) for p in self.plots],
+        }
+
+
+def _names(law) -> tuple[str, ...]:
+    return ("a", "c", "b") if isinstance(law, ExponentialLaw) else ("a", "b")
+
+
+def analyze(
+    results: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    units: str = "auto",
+    plots: bool = True,
+) -> ScalingReport:
+    rows, skipped = read_results(results)
+    if not rows:
+        raise ValueError(f"{results}: no usable rows ({skipped} skipped)")
+    ths = thresholds(rows)
+    if units == "paper":
+        x_unit, y_unit = PAPER_UNITS
+    elif units == "auto":
+        x_unit = pick_unit([r["state_size"] for r in rows])
+        y_unit = pick_unit([r["train_length"] for r in rows])
+    else:
+        raise ValueError(f"units must be auto or paper, not {units!r}")
+    rep = ScalingReport(rows, skipped, ths, x_unit, y_unit)
+
+    exact = [t for t in ths if t.censored == "none"]
+    for t in ths:
+        if t.censored == "above":
+            rep.notes.append(f"N_S={t.state_size}: no run learned to forget; T_forget > {t.t_forget}")
+        elif t.censored == "at_or_below":
+            rep.notes.append(f"N_S={t.state_size}: even the shortest run learned to forget; T_forget <= {t.t_forget}")
+        elif t.censored == "no_data":
+            rep.notes.append(f"N_S={t.state_size}: no run has a learned_to_forget verdict")
+        if not t.monotone:
+            rep.notes.append(f"N_S={t.state_size}: not monotone in T_train (runs {t.runs}); T_forget taken from the longest runs")
+    if len(exact) >= 2:
+        rep.forget_fit = fit_linear([t.state_size / x_unit for t in exact], [t.t_forget / y_unit for t in exact],
+                                    x_unit=x_unit, y_unit=y_unit)
+    else:
+        rep.notes.append(f"T_forget law not fitted: {len(exact)} state size(s) with an exact threshold, 2 needed")
+    recall = [t for t in ths if t.t_recall is not None]
+    if len(recall) >= 3:
+        try:
+            rep.recall_fit = fit_exponential([t.state_size / x_unit for t in recall],
+                                             [t.t_recall / y_unit for t in recall], x_unit=x_unit, y_unit=y_unit)
+        except ValueError as e:
+            rep.notes.append(f"T_recall law not fitted: {e}")
+    else:
+        rep.notes.append(f"T_recall law not fitted: {len(recall)} state size(s) with a T_recall, 3 needed")
+
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        if plots:
+            from stuffed_mamba.analysis.plots import plot_forget_law, plot_recall_law
+
+            # the paper's laws only mean something at the paper's scale (N_S of millions)
+            in_paper_range = x_unit >= 1e6
+            paper_f = _rescaled(PAPER_T_FORGET, x_unit, y_unit) if in_paper_range else None
+            paper_r = _rescaled(PAPER_T_RECALL, x_unit, y_unit) if in_paper_range else None
+            rep.plots.append(plot_forget_law(ths, out / "forget_law.png", fit=rep.forget_fit, paper=paper_f,
+                                             x_unit=x_unit, y_unit=y_unit))
+            if any(t.t_recall is not None for t in ths) or any("t_recall" in r for r in rows):
+                rep.plots.append(plot_recall_law(ths, out / "recall_law.png", fit=rep.recall_fit, paper=paper_r,
+                                                 x_unit=x_unit, y_unit=y_unit))
+        (out / "scaling.json").write_text(json.dumps(rep.as_dict(), indent=2, default=_jsonable))
+    return rep
+
+
+def _rescaled(law, x_unit: float, y_unit: float):
+    """The same law expressed in other units (only for plotting next to a fit)."""
+    sx, sy = x_unit / law.x_unit, law.y_unit / y_unit
+    if isinstance(law, LinearLaw):
+        return LinearLaw(a=law.a * sx * sy, b=law.b * sy, x_unit=x_unit, y_unit=y_unit, source=law.source)
+    return ExponentialLaw(a=law.a * sy, c=law.c ** sx, b=law.b * sy, x_unit=x_unit, y_unit=y_unit, source=law.source)
+
+
+def _jsonable(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if hasattr(v, "item"):
+        return v.item()
+    return str(v)
+
+
+def format_report(rep: ScalingReport) -> str:
+    xu, yu = unit_name(rep.x_unit), unit_name(rep.y_unit)
+    lines = [f"{len(rep.rows)} runs" + (f" ({rep.skipped} unusable rows skipped)" if rep.skipped else ""), ""]
+    lines.append(f"{'N_S':>12} {'model':<14} {'runs: T_train(forgets?)':<44} {'T_forget':>14} {'T_recall':>9}")
+    for t in rep.thresholds:
+        runs = " ".join(f"{tt}{'+' if ok else ('-' if ok is False else '?')}" for tt, ok in t.runs)
+        tf = "n/a" if t.t_forget is None else {"none": "", "above": ">", "at_or_below": "<="}[t.censored] + str(t.t_forget)
+        tr = "none" if t.t_recall is None else str(t.t_recall)
+        lines.append(f"{t.state_size:>12,} {t.model[:14]:<14} {runs[:44]:<44} {tf:>14} {tr:>9}")
+    lines.append("")
+    for name, law in (("T_forget", rep.forget_fit), ("T_recall", rep.recall_fit)):
+        if law is None:
+            continue
+        se = ", ".join(f"{n}={v:.4g}+-{s:.2g}" for n, v, s in zip(_names(law), law.params, law.stderr()))
+        lines.append(f"{name} fit (N_S in {xu} floats, T in {yu} tokens): {law.formula(4)}  R^2={law.r2:.4f}  n={law.n}  [{se}]")
+    for note in rep.notes:
+        lines.append(f"note: {note}")
+    for p in rep.plots:
+        lines.append(f"plot: {p}")
+    return "\n".join(lines)
+
+
+def paper_predictions(n_s_floats) -> tuple[np.ndarray, np.ndarray]:
+    """(T_forget, T_recall) in tokens by the paper's laws."""
+    return PAPER_T_FORGET.tokens(n_s_floats), PAPER_T_RECALL.tokens(n_s_floats)

@@ -1,0 +1,191 @@
+"""N_S, the number of floats in a Mamba-2 model's recurrent state (paper appendix A.1).
+
+Per layer the state is the SSM state h [nheads, headdim, d_state] plus the conv state
+(the last d_conv-1 inputs of the depthwise conv over xBC, [d_inner + 2*ngroups*d_state, d_conv-1]):
+
+    N_S = n_layer * (nheads*headdim*d_state + (d_inner + 2*ngroups*d_state) * (d_conv-1))
+
+Mamba-2 780M (d_model 1536, 48 layers): 19_353_600, the paper's "19.3M" (section 5.2).
+
+A configuration can be named ("130m", "370m", "780m"), given as a mapping of Mamba2Config
+fields, as a Mamba2Config, or as a file: an official mamba_ssm `config.json`, a
+HuggingFace transformers Mamba2 `config.json` (or the folder holding either), or a recipe
+YAML whose `model:` section holds the fields.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+# The shape fields N_S depends on, with Mamba2Config's defaults (= mamba_ssm's Mamba2 defaults).
+SHAPE_DEFAULTS: dict[str, int] = {
+    "d_state": 128,  # N
+    "d_conv": 4,
+    "expand": 2,
+    "headdim": 64,  # P
+    "ngroups": 1,  # G
+}
+
+# state-spaces/mamba2-{130m,370m,780m}: every other field is the default above.
+OFFICIAL_SIZES: dict[str, dict[str, int]] = {
+    "130m": {"d_model": 768, "n_layer": 24, "vocab_size": 50277},
+    "370m": {"d_model": 1024, "n_layer": 48, "vocab_size": 50277},
+    "780m": {"d_model": 1536, "n_layer": 48, "vocab_size": 50277},
+}
+
+# transformers' Mamba2Config field names -> ours
+_HF_FIELDS = {
+    "hidden_size": "d_model",
+    "num_hidden_layers": "n_layer",
+    "state_size": "d_state",
+    "conv_kernel": "d_conv",
+    "expand": "expand",
+    "head_dim": "headdim",
+    "n_groups": "ngroups",
+    "vocab_size": "vocab_size",
+}
+
+
+@dataclass(frozen=True)
+class StateSize:
+    """The shape of one configuration's recurrent state and its size N_S (floats)."""
+
+    name: str
+    d_model: int
+    n_layer: int
+    d_state: int = 128
+    d_conv: int = 4
+    expand: int = 2
+    headdim: int = 64
+    ngroups: int = 1
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
+
+    @property
+    def nheads(self) -> int:  # H
+        return self.d_inner // self.headdim
+
+    @property
+    def ssm_per_layer(self) -> int:
+        """h: [H, P, N] floats."""
+        return self.nheads * self.headdim * self.d_state
+
+    @property
+    def conv_per_layer(self) -> int:
+        """The conv state over xBC: [d_inner + 2*G*N, d_conv-1] floats."""
+        return (self.d_inner + 2 * self.ngroups * self.d_state) * (self.d_conv - 1)
+
+    @property
+    def state_size(self) -> int:
+        """N_S in floats."""
+        return self.n_layer * (self.ssm_per_layer + self.conv_per_layer)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "d_model": self.d_model,
+            "n_layer": self.n_layer,
+            "d_state": self.d_state,
+            "d_conv": self.d_conv,
+            "expand": self.expand,
+            "headdim": self.headdim,
+            "ngroups": self.ngroups,
+            "nheads": self.nheads,
+            "state_size": self.state_size,
+        }
+
+
+def state_size(
+    d_model: int,
+    n_layer: int,
+    d_state: int = 128,
+    d_conv: int = 4,
+    expand: int = 2,
+    headdim: int = 64,
+    ngroups: int = 1,
+) -> int:
+    """N_S in floats for one set of shape fields (see the module docstring)."""
+    return StateSize("", d_model, n_layer, d_state, d_conv, expand, headdim, ngroups).state_size
+
+
+def from_fields(fields: Mapping[str, Any], name: str = "") -> StateSize:
+    """A StateSize from Mamba2Config field names (other keys, e.g. `init_from`, are ignored)."""
+    missing = [k for k in ("d_model", "n_layer") if fields.get(k) is None]
+    if missing:
+        raise ValueError(f"model configuration {name or ''} lacks {', '.join(missing)}".replace("  ", " "))
+    shape = {k: int(fields.get(k) if fields.get(k) is not None else v) for k, v in SHAPE_DEFAULTS.items()}
+    d_model, n_layer = int(fields["d_model"]), int(fields["n_layer"])
+    if (shape["expand"] * d_model) % shape["headdim"]:
+        raise ValueError(
+            f"d_inner = expand*d_model = {shape['expand'] * d_model} is not a multiple of headdim {shape['headdim']}"
+        )
+    return StateSize(name, d_model, n_layer, **shape)
+
+
+def fields_from_json(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Mamba2Config fields from an official mamba_ssm config.json or a transformers Mamba2 one."""
+    if "d_model" in cfg:  # mamba_ssm: the Mamba2 shape lives in ssm_cfg
+        ssm_cfg = cfg.get("ssm_cfg") or {}
+        layer = ssm_cfg.get("layer", "Mamba2")
+        if layer != "Mamba2":
+            raise ValueError(f"config describes a {layer} model, not Mamba-2 (ssm_cfg.layer)")
+        out = {"d_model": cfg["d_model"], "n_layer": cfg["n_layer"], "vocab_size": cfg.get("vocab_size")}
+        out.update({k: ssm_cfg[k] for k in SHAPE_DEFAULTS if k in ssm_cfg})
+        return out
+    if "hidden_size" in cfg:  # transformers Mamba2Config
+        return {ours: cfg[theirs] for theirs, ours in _HF_FIELDS.items() if theirs in cfg}
+    raise ValueError("config.json has neither d_model (mamba_ssm) nor hidden_size (transformers)")
+
+
+def resolve(spec: Any, *, base_dir: Path | None = None) -> StateSize:
+    """A StateSize from a size name, a mapping, a Mamba2Config-like object, or a file path."""
+    if isinstance(spec, StateSize):
+        return spec
+    if isinstance(spec, Mapping):
+        return _from_model_section(spec, name="", base_dir=base_dir)
+    if not isinstance(spec, (str, Path)):  # Mamba2Config or anything with the fields as attributes
+        fields = {k: getattr(spec, k, None) for k in ("d_model", "n_layer", *SHAPE_DEFAULTS)}
+        return from_fields(fields, name=type(spec).__name__)
+    key = str(spec).lower().removeprefix("state-spaces/").removeprefix("mamba2-").removeprefix("mamba2_")
+    if key in OFFICIAL_SIZES:
+        return from_fields(OFFICIAL_SIZES[key], name=f"mamba2-{key}")
+    path = Path(spec)
+    if base_dir is not None and not path.is_absolute() and not path.exists():
+        path = base_dir / path
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.exists():
+        raise ValueError(f"{spec}: not a size name ({', '.join(OFFICIAL_SIZES)}) nor an existing file")
+    if path.suffix == ".json":
+        try:
+            cfg = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+        return from_fields(fields_from_json(cfg), name=str(spec))
+    if path.suffix in (".yaml", ".yml"):
+        from omegaconf import OmegaConf
+
+        recipe = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        if not isinstance(recipe, Mapping) or not isinstance(recipe.get("model"), Mapping):
+            raise ValueError(f"{path}: a recipe needs a `model:` section")
+        return _from_model_section(recipe["model"], name=str(spec), base_dir=path.parent)
+    raise ValueError(f"{path}: expected a size name, a .json config, a config folder or a .yaml recipe")
+
+
+def _from_model_section(model: Mapping[str, Any], name: str, base_dir: Path | None) -> StateSize:
+    """A recipe's `model:` section: explicit fields win, else the `init_from` checkpoint's config."""
+    if model.get("d_model") is None and model.get("init_from"):
+        base = resolve(model["init_from"], base_dir=base_dir).as_dict()
+        base.update({k: v for k, v in model.items() if v is not None})
+        return from_fields(base, name=name or str(model["init_from"]))
+    return from_fields(model, name=name)
+
+
+def n_s(spec: Any) -> int:
+    """N_S in floats of anything `resolve` accepts."""
+    return resolve(spec).state_size

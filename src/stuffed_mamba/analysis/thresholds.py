@@ -1,0 +1,77 @@
+"""T_forget and T_recall of each state size, read off a sweep's results table (section 4.2, 4.3).
+
+T_forget(N_S) is the shortest training length at which the model learns to forget: the
+paper's law says it learns iff T_train >= T_forget, so we take the smallest swept T_train
+from which every longer swept T_train learned too. When no run of a state size learned,
+T_forget is only known to lie above the longest swept length ("above"); when even the
+shortest learned, only below it ("at_or_below"). Censored thresholds are reported and
+plotted but not fitted. A sweep that contradicts the law (a run that forgets below one that
+does not) is flagged `monotone=False`.
+
+T_recall(N_S) is the longest context with >= 95% passkey accuracy of the best run of that
+state size (appendix F.1 selects checkpoints by passkey validation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+
+@dataclass
+class Threshold:
+    state_size: int
+    model: str
+    t_forget: int | None  # tokens; the bound when censored
+    censored: str  # "none" | "above" | "at_or_below" | "no_data"
+    monotone: bool
+    t_recall: int | None  # tokens; None when no run reached 95% at any tested length
+    runs: list[tuple[int, bool | None]] = field(default_factory=list)  # (T_train, learned_to_forget)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "state_size": self.state_size, "model": self.model, "t_forget": self.t_forget,
+            "censored": self.censored, "monotone": self.monotone, "t_recall": self.t_recall,
+            "runs": [list(r) for r in self.runs],
+        }
+
+
+def thresholds(rows: Iterable[dict[str, Any]]) -> list[Threshold]:
+    """One Threshold per state size, sorted by N_S."""
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(int(r["state_size"]), []).append(r)
+    return [_threshold(n_s, rs) for n_s, rs in sorted(groups.items())]
+
+
+def _threshold(n_s: int, rows: list[dict[str, Any]]) -> Threshold:
+    names = sorted({str(r.get("model")) for r in rows if r.get("model")})
+    runs = sorted((int(r["train_length"]), _bool(r.get("learned_to_forget"))) for r in rows)
+    known = [(t, ok) for t, ok in runs if ok is not None]
+    recalls = [int(r["t_recall"]) for r in rows if r.get("t_recall") not in (None, "")]
+    t_recall = max(recalls) if recalls else None
+    if not known:
+        return Threshold(n_s, "/".join(names), None, "no_data", True, t_recall, runs)
+    # smallest T such that every swept T' >= T learned
+    t_forget = None
+    for t, ok in reversed(known):
+        if not ok:
+            break
+        t_forget = t
+    first_true = next((i for i, (_, ok) in enumerate(known) if ok), None)
+    monotone = first_true is None or all(ok for _, ok in known[first_true:])
+    if t_forget is None:
+        censored, t_forget = "above", known[-1][0]
+    elif t_forget == known[0][0]:
+        censored = "at_or_below"
+    else:
+        censored = "none"
+    return Threshold(n_s, "/".join(names), t_forget, censored, monotone, t_recall, runs)
+
+
+def _bool(v) -> bool | None:
+    if v is None or v == "":
+        return None
+    if isinstance(v, str):
+        return v.strip().lower() in ("true", "1", "yes")
+    return bool(v)
