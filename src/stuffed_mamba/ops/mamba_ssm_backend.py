@@ -1,0 +1,136 @@
+"""The "mamba_ssm" backend: mamba_ssm's Triton kernels, and causal-conv1d's CUDA conv when installed.
+
+Same op contract as the "torch" backend (see `stuffed_mamba.ops`), so the model, TBPTT, chunked
+prefill and the interventions (which the mixer applies to the op inputs Delta, x, B) run unchanged:
+
+    ssd(x, dt, A, B, C, *, chunk_size, D=None, initial_state=None) -> (y, final_state)
+        mamba_ssm's `mamba_chunk_scan_combined` (the fused SSD scan of Mamba-2).
+    causal_conv1d(x, weight, bias, *, initial_state=None) -> (y, final_state)
+        causal-conv1d's `causal_conv1d_fn` if importable, else the torch conv (logged once).
+    gated_rmsnorm(y, z, weight, *, eps, group_size) -> out
+        mamba_ssm's Triton `rmsnorm_fn` with norm_before_gate=False.
+
+Importing this module without working kernels raises ImportError naming the install command:
+there is no silent fallback to the torch SSD. On a CPU the kernels run only under
+`TRITON_INTERPRET=1` with the test-only shims of `tests/kernels/conftest.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+_INSTALL = 'pip install -e ".[cuda]"'
+
+try:
+    from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+except Exception as e:  # not installed (ImportError) or built without its CUDA extensions
+    raise ImportError(
+        f'backend "mamba_ssm" needs the mamba-ssm kernels, which failed to import '
+        f"({type(e).__name__}: {e}); install them with {_INSTALL}"
+    ) from e
+
+try:
+    from causal_conv1d import causal_conv1d_fn
+except ImportError:  # an optional package: the conv is cheap next to the SSD, the torch one is fine
+    causal_conv1d_fn = None
+
+from stuffed_mamba.ops.conv import causal_conv1d as _torch_causal_conv1d
+
+log = logging.getLogger(__name__)
+_logged_conv_fallback = False
+
+__all__ = ["ssd", "causal_conv1d", "gated_rmsnorm"]
+
+
+def ssd(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    *,
+    chunk_size: int = 256,
+    D: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """h_t = exp(Delta_t A) h_{t-1} + Delta_t B_t x_t^T,  y_t = C_t h_t + D x_t, per head.
+
+    Args:
+        x: [b, T, h, p]
+        dt: [b, T, h] Delta, already softplus'ed and biased (the mixer computes it and the
+            interventions scale it), so the kernel runs with dt_softplus=False and no dt_bias
+        A: [h] negative (= -exp(A_log))
+        B, C: [b, T, g, n]
+        D: [h] or None
+        initial_state: [b, h, p, n] or None (zeros)
+    Returns:
+        y: [b, T, h, p] in x's dtype; final_state: [b, h, p, n] in fp32. mamba-ssm 2.3.2 returns
+        the final state in C's dtype (no `state_dtype` argument), so under bf16 it has been
+        rounded to bf16 once at the end of the call; the states between chunks stay fp32.
+    """
+    y, final_state = mamba_chunk_scan_combined(
+        x,
+        dt,
+        A,
+        B,
+        C,
+        chunk_size,
+        D=D,
+        initial_states=initial_state,
+        dt_softplus=False,
+        return_final_states=True,
+    )
+    return y, final_state.float()
+
+
+def causal_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """y = SiLU(causal depthwise conv(x)), with state in and out.
+
+    Args:
+        x: [b, T, c] channels last, as in_proj produces them
+        weight: [c, k]; bias: [c] or None
+        initial_state: [b, c, k-1] the last k-1 inputs before this call, oldest first; None = zeros
+    Returns:
+        y: [b, T, c]; final_state: [b, c, k-1] (the last k-1 inputs, initial ones included if T < k-1)
+    """
+    if causal_conv1d_fn is None:
+        global _logged_conv_fallback
+        if not _logged_conv_fallback:
+            log.info("causal-conv1d is not installed: the mamba_ssm backend uses the torch conv1d")
+            _logged_conv_fallback = True
+        return _torch_causal_conv1d(x, weight, bias, initial_state=initial_state)
+
+    b, T, c = x.shape
+    k = weight.shape[-1]
+    if initial_state is None:
+        initial_state = x.new_zeros(b, c, k - 1)
+    initial_state = initial_state.to(x.dtype)
+    # causal-conv1d takes initial states only in the channel-last layout (stride 1 along c).
+    xt = x.transpose(1, 2)  # [b, c, T], channel-last view of x
+    if xt.stride(1) != 1:
+        xt = x.contiguous().transpose(1, 2)
+    h0 = initial_state.transpose(1, 2).contiguous().transpose(1, 2)  # [b, c, k-1], channel-last
+    y = causal_conv1d_fn(xt, weight, bias, initial_states=h0, activation="silu")  # [b, c, T]
+    # The final state is the last k-1 inputs: a slice, exact by definition, and it also covers
+    # T < k-1, where the inputs before this call are part of it.
+    final_state = torch.cat([initial_state, xt], dim=-1)[:, :, -(k - 1) :].contiguous()
+    return y.transpose(1, 2), final_state
+
+
+def gated_rmsnorm(
+    y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, *, eps: float, group_size: int
+) -> torch.Tensor:
+    """RMSNorm_per_group(y * SiLU(z)) * weight (gate before the norm: norm_before_gate=False).
+
+    y, z: [..., d_inner]; the RMS runs over each group of `group_size` channels.
+    """
+    return rmsnorm_fn(y, weight, None, z=z, eps=eps, group_size=group_size, norm_before_gate=False)
