@@ -1,0 +1,229 @@
+"""Passkey retrieval (section 2.2, appendix B): can the model recall a 5-digit key from a long context?
+
+The prompt is appendix B.1's: an instruction, the filler sentence repeated, the needle at
+a chosen depth of the filler, more filler, the question. For a context length T and n
+samples the i-th needle (i = 0..n-1) sits at depth i/n, i.e. near token T*i/n - 1.
+Decoding is greedy (appendix B); a trial is correct when the key appears in the decoded
+continuation. The prompt is prefilled in chunks carrying the recurrent state, so memory
+does not grow with T, then the answer is decoded with `model.step`.
+
+Results: accuracy per (length, depth), accuracy when the needle lies within the last r
+tokens (figures 13-14), and T_recall = the longest length with accuracy >= 95% (section 4.3).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+
+# Appendix B.1. Inside a paragraph the paper's line breaks are its page wrapping (at ~63
+# characters: "Here we / go." breaks mid-sentence), so sentences of a paragraph are joined by
+# spaces; the blank lines between paragraphs are kept as "\n\n".
+INSTRUCTION = "There is important info hidden inside a lot of irrelevant text. Find it and memorize it."
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+NEEDLE = "The passkey is {passkey}. Remember it. {passkey} is the passkey."
+QUESTION = "What is the passkey? The passkey is"
+SEPARATOR = "\n\n"
+
+
+def prompt_text(n_before: int, n_after: int, passkey: str) -> str:
+    """Appendix B.1 with `n_before` filler paragraphs before the needle and `n_after` after it."""
+    parts = [INSTRUCTION, *[FILLER] * n_before, NEEDLE.format(passkey=passkey), *[FILLER] * n_after, QUESTION]
+    return SEPARATOR.join(parts)
+
+
+def _check_passkey(passkey: str) -> None:
+    if not (isinstance(passkey, str) and len(passkey) == 5 and passkey.isdigit()):
+        raise ValueError(f"passkey must be a 5-digit string, got {passkey!r}")
+
+
+@dataclass
+class PasskeyPrompt:
+    ids: list[int]  # the prompt's token ids, len <= context_length
+    needle_start: int  # token index where the needle paragraph begins
+    n_filler: int  # filler paragraphs in total
+    n_before: int  # of which before the needle
+
+
+def make_prompt(tokenizer, context_length: int, depth: float, passkey: str) -> PasskeyPrompt:
+    """The largest appendix-B.1 prompt within `context_length` tokens, needle at `depth` of the filler.
+
+    Whole-text tokenization (what a user of the model would feed it); the number of filler
+    paragraphs starts from a per-paragraph token estimate and is corrected until the prompt
+    fits and one more paragraph would not.
+    """
+    _check_passkey(passkey)
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"depth must be in [0, 1], got {depth}")
+    T = int(context_length)
+    fixed = len(tokenizer.encode(prompt_text(0, 0, passkey)))
+    if fixed > T:
+        raise ValueError(f"context_length {T} is too short for the passkey prompt ({fixed} tokens without filler)")
+    per_filler = max(1, len(tokenizer.encode(prompt_text(1, 0, passkey))) - fixed)
+
+    def encode(n: int) -> list[int]:
+        n_before = round(depth * n)
+        return tokenizer.encode(prompt_text(n_before, n - n_before, passkey))
+
+    n = (T - fixed) // per_filler
+    ids = encode(n)
+    while len(ids) > T and n > 0:  # BPE merges across paragraphs can make the estimate short
+        n -= max(1, math.ceil((len(ids) - T) / per_filler))
+        n = max(n, 0)
+        ids = encode(n)
+    while True:  # ...or long: add paragraphs while the next one still fits
+        more = encode(n + 1)
+        if len(more) > T:
+            break
+        n, ids = n + 1, more
+    n_before = round(depth * n)
+    needle_start = len(tokenizer.encode(SEPARATOR.join([INSTRUCTION, *[FILLER] * n_before]) + SEPARATOR))
+    return PasskeyPrompt(ids=ids, needle_start=needle_start, n_filler=n, n_before=n_before)
+
+
+def build_prompt(tokenizer, context_length: int, depth: float, passkey: str) -> list[int]:
+    """(contract) The prompt's token ids, at most `context_length` long, the needle at fraction
+    `depth` (0..1) of the filler; `passkey` a 5-digit string."""
+    return make_prompt(tokenizer, context_length, depth, passkey).ids
+
+
+# ------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def greedy_continuation(
+    model, ids: Sequence[int], *, max_new_tokens: int = 8, prefill_chunk: int = 4096, eos_id: Optional[int] = None,
+) -> list[int]:
+    """Greedy decoding after `ids`: chunked prefill carrying the state, then `model.step`.
+
+    The prefill's peak memory is that of one `prefill_chunk` forward whatever len(ids) is.
+    The last prompt token goes through `step`, whose logits start the answer.
+    """
+    if len(ids) < 1:
+        raise ValueError("empty prompt")
+    device = next(model.parameters()).device
+    vocab = model.config.vocab_size  # the padded rows of the LM head are never real tokens
+    prompt = torch.as_tensor(list(ids), dtype=torch.long, device=device)[None]  # [1, T]
+    state = None
+    for s in range(0, prompt.shape[1] - 1, prefill_chunk):
+        state = model(prompt[:, s : min(s + prefill_chunk, prompt.shape[1] - 1)], state=state).state
+    if state is None:
+        from stuffed_mamba.model import ModelState
+
+        state = ModelState.zeros(model.config, 1, device=device, dtype=next(model.parameters()).dtype)
+    logits, state = model.step(prompt[:, -1], state)
+    out: list[int] = []
+    for _ in range(max_new_tokens):
+        tok = logits[:, :vocab].argmax(dim=-1)  # [1]
+        out.append(int(tok))
+        if eos_id is not None and out[-1] == eos_id:
+            break
+        logits, state = model.step(tok, state)
+    return out
+
+
+@dataclass
+class PasskeyTrial:
+    length: int  # asked context length T
+    depth: float  # i/n
+    passkey: str
+    prompt_tokens: int
+    needle_start: int
+    answer: str
+    correct: bool
+
+    @property
+    def needle_distance(self) -> int:
+        """Tokens from the needle's start to the end of the prompt."""
+        return self.prompt_tokens - self.needle_start
+
+
+@dataclass
+class PasskeyResult:
+    lengths: list[int]
+    samples: int
+    trials: list[PasskeyTrial] = field(default_factory=list)
+    complete: bool = True  # False when the time budget stopped the sweep
+
+    def accuracy(self) -> dict[int, dict[float, float]]:
+        """{T: {depth: accuracy}} over the trials that ran."""
+        acc: dict[int, dict[float, list[bool]]] = {}
+        for t in self.trials:
+            acc.setdefault(t.length, {}).setdefault(t.depth, []).append(t.correct)
+        return {T: {d: sum(v) / len(v) for d, v in sorted(ds.items())} for T, ds in sorted(acc.items())}
+
+    def accuracy_by_length(self) -> dict[int, float]:
+        out: dict[int, list[bool]] = {}
+        for t in self.trials:
+            out.setdefault(t.length, []).append(t.correct)
+        return {T: sum(v) / len(v) for T, v in sorted(out.items())}
+
+    def last_r_accuracy(self, r: int, length: Optional[int] = None) -> Optional[float]:
+        """Accuracy over trials whose needle lies within the last r tokens (of one length, or all); None if none."""
+        hits = [t.correct for t in self.trials if t.needle_distance <= r and (length is None or t.length == length)]
+        return sum(hits) / len(hits) if hits else None
+
+    def t_recall(self, threshold: float = 0.95) -> int:
+        """T_recall: the longest tested length whose accuracy is >= threshold (0 if none)."""
+        good = [T for T, a in self.accuracy_by_length().items() if a >= threshold]
+        return max(good) if good else 0
+
+    def to_json(self, last_r: Sequence[int] = (1024, 2048, 4096, 8192)) -> dict:
+        return {
+            "lengths": self.lengths,
+            "samples": self.samples,
+            "complete": self.complete,
+            "T_recall": self.t_recall(),
+            "accuracy_by_length": {str(T): a for T, a in self.accuracy_by_length().items()},
+            "accuracy": {str(T): {f"{d:.4f}": a for d, a in ds.items()} for T, ds in self.accuracy().items()},
+            "last_r": {
+                str(r): {str(T): self.last_r_accuracy(r, T) for T in self.accuracy_by_length()} for r in last_r
+            },
+            "trials": [asdict(t) for t in self.trials],
+        }
+
+
+def evaluate_passkey(
+    model,
+    tokenizer,
+    lengths: Sequence[int],
+    *,
+    samples: int = 4,
+    repeats: int = 1,
+    prefill_chunk: int = 4096,
+    max_new_tokens: int = 8,
+    generator: Optional[torch.Generator] = None,
+    deadline: Optional[float] = None,
+    progress: Optional[Callable[[PasskeyTrial], None]] = None,
+) -> PasskeyResult:
+    """Passkey sweep: for each length T, `samples` depths i/n (x `repeats` keys), greedy answers.
+
+    generator: draws the 5-digit keys (use the probe's own, never the training RNG).
+    deadline: `time.monotonic()` value after which no new trial starts (result.complete=False).
+    progress: called after each trial.
+    """
+    if samples < 1 or repeats < 1:
+        raise ValueError("samples and repeats must be >= 1")
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    result = PasskeyResult(lengths=[int(T) for T in lengths], samples=samples)
+    eos = getattr(tokenizer, "eos_id", None)
+    for T in result.lengths:
+        for i in range(samples):
+            depth = i / samples
+            for _ in range(repeats):
+                if deadline is not None and time.monotonic() > deadline:
+                    result.complete = False
+                    return result
+                key = str(int(torch.randint(10000, 100000, (1,), generator=gen)))
+                prompt = make_prompt(tokenizer, T, depth, key)
+                new = greedy_continuation(
+                    model, prompt.ids, max_new_tokens=max_new_tokens, prefill_chunk=prefill_chunk, eos_id=eos
+                )
+                answer = tokenizer.decode(new)
+                trial = PasskeyTrial(T, depth, key, len(prompt.ids), prompt.needle_start, answer, key in answer)
+                result.trials.append(trial)
+                if progress is not None:
+                    progress(trial)
+    return result

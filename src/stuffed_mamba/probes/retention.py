@@ -1,0 +1,86 @@
+"""First-token retention (section 3.2.1, eq. 6, figure 3).
+
+alpha_{1:t} = prod_{j=1..t} alpha_j = exp(sum_{j=1..t} Delta_j A)  (j = 1 included, as in eq. 6)
+
+is how much of the first token's insertion B_bar_1 x_1 is still in h_t. A head that keeps it
+near 1 at t = T_train has not learned to forget. Computed as an fp32 cumulative sum of
+log alpha_j = Delta_j A, never as a running product of alphas (which would underflow and
+round). Delta comes from each mixer's `ssm_inputs` on the layer's real input, so an
+intervention set on the model (LongMamba's Delta scale, RRI's alpha scale) shows up here.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+@torch.no_grad()
+def first_token_retention(model, input_ids: torch.Tensor, *, chunk_size: int = 4096) -> torch.Tensor:
+    """(contract) alpha_{1:t} per layer and head, averaged over the batch.
+
+    input_ids: [B, T] -> [n_layer, nheads, T] fp32 (index t-1 holds alpha_{1:t}).
+    The text runs through the model in chunks of `chunk_size` carrying the state; each
+    mixer's input u is caught by a forward pre-hook and turned into Delta_t A.
+    """
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [B, T], got shape {tuple(input_ids.shape)}")
+    mixers = [layer.mixer for layer in model.backbone.layers]
+    caught: list = [None] * len(mixers)
+
+    def hook_for(i):
+        def hook(mixer, args, kwargs):
+            u = args[0] if args else kwargs["u"]
+            caught[i] = mixer.ssm_inputs(u)["log_alpha"].float()  # [B, t, H] = Delta_t * A
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(hook_for(i), with_kwargs=True) for i, m in enumerate(mixers)]
+    B, T = input_ids.shape
+    offset = None  # [L, B, H]: sum of Delta*A over the chunks already seen
+    out = []
+    try:
+        state = None
+        for s in range(0, T, chunk_size):
+            state = model(input_ids[:, s : s + chunk_size], state=state).state
+            log_alpha = torch.stack(caught)  # [L, B, t, H]
+            if offset is None:
+                offset = torch.zeros_like(log_alpha[:, :, 0])
+            csum = torch.cumsum(log_alpha, dim=2) + offset[:, :, None]  # [L, B, t, H]
+            offset = csum[:, :, -1]
+            out.append(torch.exp(csum).mean(dim=1).transpose(1, 2))  # [L, H, t]
+            caught[:] = [None] * len(mixers)
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.cat(out, dim=2)
+
+
+def summary_points(T: int, train_length: int) -> list[int]:
+    """t = T_train, 2 T_train, 4 T_train, ... within T, and T itself."""
+    pts, t = [], train_length
+    while t <= T:
+        pts.append(t)
+        t *= 2
+    if not pts or pts[-1] != T:
+        pts.append(T)
+    return pts
+
+
+def retention_summary(alpha: torch.Tensor, train_length: int, thresholds: Sequence[float] = (0.5, 0.9, 0.99)) -> dict:
+    """Summaries of alpha [L, H, T] at t = T_train and beyond: the max over heads, each layer's max,
+    and how many heads keep more than each threshold of the first token."""
+    L, H, T = alpha.shape
+    at = {}
+    for t in summary_points(T, train_length):
+        a = alpha[:, :, t - 1].float()  # [L, H]
+        flat = int(a.argmax())
+        at[f"t={t}"] = {
+            "t": t,
+            "max": float(a.max()),
+            "argmax_layer_head": [flat // H, flat % H],
+            "max_per_layer": [float(v) for v in a.max(dim=1).values],
+            "heads_above": {f"{th:g}": int((a > th).sum()) for th in thresholds},
+        }
+    return {"train_length": train_length, "T": T, "n_layer": L, "nheads": H, "at": at}
