@@ -14,6 +14,7 @@ SLURM_CONF in their environment and stopped by PID too.
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -126,11 +127,13 @@ class SlurmCluster:
         for i in range(self.gpus_per_node):
             (self.root / "gpu" / f"gpu{i}").symlink_to("/dev/null")
         r = self.root
+        # job ids (and with them the scripts' MASTER_PORT) differ between clusters on one host
         node_lines = "\n".join(
             f"NodeName={n} NodeHostname={host} NodeAddr=127.0.0.1 Port={_free_port()} {size} "
             f"Gres=gpu:{self.gpus_per_node} State=UNKNOWN" for n in self.nodes)
         self.conf.write_text(f"""\
 ClusterName=smtest
+FirstJobId={random.SystemRandom().randrange(1000, 900000)}
 SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={_free_port()}
 SlurmUser=root

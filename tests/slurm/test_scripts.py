@@ -1,0 +1,66 @@
+"""Every script in slurm/: parses (`bash -n`), is accepted by Slurm (`sbatch --test-only`),
+and keeps the contract of DESIGN section 8 (resources + environment + one srun line)."""
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPTS = sorted((REPO / "slurm").glob("*.sh"))
+TRAIN_SCRIPTS = [s for s in SCRIPTS if s.name.startswith("train_")]
+SRUN = re.compile(r'^srun( --[\w-]+=\S+)* stuffed-mamba fit "\$\{RECIPE:-(recipes/[\w.]+\.yaml)\}" "\$@"$')
+
+
+def sbatch_options(script: Path) -> dict[str, str]:
+    opts = {}
+    for line in script.read_text().splitlines():
+        m = re.match(r"#SBATCH\s+--([\w-]+)(?:=(\S+))?\s*$", line)
+        if m:
+            opts[m.group(1)] = m.group(2) or ""
+    return opts
+
+
+def test_there_are_scripts():
+    assert {s.name for s in TRAIN_SCRIPTS} >= {"train_130m_256k.sh", "train_370m_256k.sh", "train_780m_256k.sh"}
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.name)
+def test_bash_n(script):
+    r = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.name)
+def test_sbatch_test_only(script, gpu_cluster_shape, tmp_path):
+    """Unmodified, on four nodes shaped like the GPU nodes the scripts are written for."""
+    r = gpu_cluster_shape._run(["sbatch", "--test-only", str(script)], check=False, cwd=tmp_path)
+    assert r.returncode == 0 and "to start at" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("script", TRAIN_SCRIPTS, ids=lambda s: s.name)
+def test_train_script_contract(script):
+    opts = sbatch_options(script)
+    assert opts.get("signal") == "USR1@90"
+    assert "requeue" in opts and opts.get("open-mode") == "append"
+    assert opts["ntasks-per-node"] == opts["gpus-per-node"], "one task per GPU: Lightning takes ranks from Slurm"
+    lines = [ln.strip() for ln in script.read_text().splitlines()]
+    sruns = [ln for ln in lines if ln.startswith("srun")]
+    assert len(sruns) == 1 and SRUN.match(sruns[0]), sruns
+    default_recipe = SRUN.match(sruns[0]).group(2)
+    assert default_recipe == f"recipes/mamba2_{script.stem.removeprefix('train_')}.yaml"
+    assert 'MASTER_ADDR=$(scontrol show node' in script.read_text()
+
+
+@pytest.mark.parametrize("script", TRAIN_SCRIPTS, ids=lambda s: s.name)
+def test_train_script_resources_match_its_recipe(script):
+    """Lightning refuses a run whose Slurm tasks differ from trainer.num_nodes x trainer.devices."""
+    from omegaconf import OmegaConf
+
+    recipe = REPO / SRUN.match(next(ln for ln in script.read_text().splitlines() if ln.startswith("srun"))).group(2)
+    assert recipe.exists(), f"{script.name} defaults to {recipe.relative_to(REPO)}, which does not exist"
+    trainer = OmegaConf.load(recipe).trainer
+    opts = sbatch_options(script)
+    assert (int(opts["nodes"]), int(opts["ntasks-per-node"])) == (trainer.num_nodes, trainer.devices)
