@@ -1,0 +1,19 @@
+"""The streaming RedPajama-V2 pipeline (DESIGN section 3).
+
+stream -> dedup -> length filter -> tokenize -> pack -> episodes [B, S, T+1].
+Data never imports the model.
+"""
+
+from .config import DataConfig
+from .tokenizer import ByteTokenizer, load_tokenizer
+from .loader import EpisodeLoader, build_dataloader
+from .eval_text import load_eval_sequences
+
+__all__ = [
+    "ByteTokenizer",
+    "DataConfig",
+    "EpisodeLoader",
+    "build_dataloader",
+    "load_eval_sequences",
+    "load_tokenizer",
+]

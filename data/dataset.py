@@ -1,0 +1,156 @@
+"""Episodes [B, S, T+1] from disjoint row streams, one per batch row of every (rank, worker).
+
+Row streams ("lanes") are global: with world_size R, W = max(1, num_workers) workers and B
+rows there are L = R*W*B lanes, and lane g = (rank*W + worker)*B + b owns shards i with
+i % L == g (of the shard list, seeded-shuffled once). A lane's tokens depend on its shards
+only, never on which process reads it, so shards are split disjointly over (rank, worker),
+and a resumed lane continues bit-exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from torch.utils.data import IterableDataset, get_worker_info
+
+from . import counters as ctr
+from .packer import Packer, rows_to_episode
+from .source import open_source, read_shard_tags
+from .stream import DocumentStream
+from .tokenizer import load_tokenizer
+
+STATE_VERSION = 1
+
+
+def lane_shards(tags: list[str], n_lanes: int, seed: int, shuffle: bool) -> list[list[str]]:
+    """The shards of every lane: a seeded permutation of the list dealt round-robin."""
+    order = np.random.default_rng(seed).permutation(len(tags)) if shuffle else np.arange(len(tags))
+    lanes: list[list[str]] = [[] for _ in range(n_lanes)]
+    for i, j in enumerate(order):
+        lanes[i % n_lanes].append(tags[j])
+    return lanes
+
+
+def _digest(tags: list[str]) -> str:
+    return hashlib.blake2b("\n".join(tags).encode(), digest_size=8).hexdigest()
+
+
+class EpisodeDataset(IterableDataset):
+    """The pipeline for one rank; iterate it (directly or in a StatefulDataLoader) for episodes."""
+
+    def __init__(self, cfg, *, rank: int = 0, world_size: int = 1):
+        if not (world_size >= 1 and 0 <= rank < world_size):
+            raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.workers = max(1, cfg.num_workers)
+        self.n_lanes = world_size * self.workers * cfg.batch_size
+        # read the listing here, in the launching process: a wrong source fails at once, in one line
+        source = self._source()
+        self.tags = read_shard_tags(source, cfg.listing)
+        if len(self.tags) < self.n_lanes:
+            raise ValueError(
+                f"data: {len(self.tags)} shard(s) cannot feed {self.n_lanes} row streams "
+                f"(world_size {world_size} x workers {self.workers} x batch_size {cfg.batch_size}); "
+                f"every row stream needs its own shards"
+            )
+        self.lanes = lane_shards(self.tags, self.n_lanes, cfg.seed, cfg.shuffle_shards)
+        self.live = None  # the iterator of the last __iter__ in this process
+
+    def _source(self):
+        c = self.cfg
+        return open_source(c.source, timeout_s=c.timeout_s, retries=c.retries, backoff_s=c.retry_backoff_s)
+
+    def lane_ids(self, worker: int) -> list[int]:
+        B = self.cfg.batch_size
+        return [(self.rank * self.workers + worker) * B + b for b in range(B)]
+
+    def __iter__(self):
+        info = get_worker_info()
+        self.live = EpisodeIterator(self, worker=info.id if info is not None else 0)
+        return self.live
+
+
+class EpisodeIterator:
+    """Yields episodes [B, S, T+1]; `state_dict()` holds positions, dedup memories, packing buffers
+    and counters (plain ints and tensors, safe for `torch.load(weights_only=True)`)."""
+
+    def __init__(self, ds: EpisodeDataset, worker: int):
+        cfg = ds.cfg
+        self.cfg, self.worker = cfg, worker
+        self.layout = [ds.world_size, ds.workers, cfg.batch_size, ds.rank, worker]
+        self.tokenizer = load_tokenizer(cfg.tokenizer)
+        source = ds._source()
+        self.lanes = ds.lane_ids(worker)
+        self.streams = [
+            DocumentStream(
+                source,
+                ds.lanes[g],
+                self.tokenizer,
+                min_doc_tokens=cfg.min_doc_tokens,
+                max_doc_bytes=cfg.max_doc_bytes,
+                dedup=cfg.dedup,
+                dedup_memory=cfg.dedup_memory,
+                tokenize_batch_bytes=cfg.tokenize_batch_bytes,
+                shuffle_seed=[cfg.seed, g] if cfg.shuffle_shards else None,
+                epochs=cfg.epochs,
+                name=f"data row stream {g}",
+            )
+            for g in self.lanes
+        ]
+        self.digests = [_digest(ds.lanes[g]) for g in self.lanes]
+        self.packers = [Packer(self.tokenizer.eos_id, cfg.episode_tokens) for _ in self.lanes]
+        self.episodes = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        rows = []
+        for stream, packer in zip(self.streams, self.packers):
+            row = packer.pop_row()
+            while row is None:
+                batch = stream.next_batch()
+                if batch is None:  # finite epochs: the first row stream to run dry ends the rank
+                    raise StopIteration
+                for _, tokens in batch:
+                    packer.push(tokens)
+                row = packer.pop_row()
+            rows.append(row)
+        self.episodes += 1
+        return rows_to_episode(rows, self.cfg.segments, self.cfg.train_length)
+
+    def counters(self) -> dict[str, int]:
+        total = ctr.new_counters()
+        for s in self.streams:
+            ctr.add(total, s.counters)
+        return total
+
+    def state_dict(self) -> dict:
+        return {
+            "version": STATE_VERSION,
+            "layout": list(self.layout),
+            "episodes": self.episodes,
+            "rows": {
+                str(g): {"shards": d, "stream": s.state_dict(), "buffer": p.state_dict()}
+                for g, d, s, p in zip(self.lanes, self.digests, self.streams, self.packers)
+            },
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        if sd.get("version") != STATE_VERSION:
+            raise ValueError(f"data state version {sd.get('version')!r} is not {STATE_VERSION}")
+        if list(sd["layout"]) != self.layout:
+            w, nw, b, r, k = sd["layout"]
+            raise ValueError(
+                f"data state was saved by rank {r} worker {k} of world_size {w} x workers {nw} x batch_size {b}; "
+                f"this is rank {self.layout[3]} worker {self.worker} of {self.layout[0]} x {self.layout[1]} x "
+                f"{self.layout[2]}: resume with the same data layout"
+            )
+        for g, d, s, p in zip(self.lanes, self.digests, self.streams, self.packers):
+            row = sd["rows"][str(g)]
+            if row["shards"] != d:
+                raise ValueError(f"data row stream {g}: its shard list changed since the state was saved")
+            s.load_state_dict(row["stream"])
+            p.load_state_dict(row["buffer"])
+        self.episodes = int(sd["episodes"])

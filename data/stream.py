@@ -1,0 +1,185 @@
+"""One document stream: shards -> lines -> dedup -> length filter -> token arrays.
+
+A stream owns a list of shards and walks them epoch after epoch (a fresh seeded shard order
+per epoch when shuffled). Its position (epoch, shard, line), its dedup memory and its
+counters are its whole state; a restored stream continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .counters import new_counters
+from .dedup import StreamDedup
+from .reader import parse_doc, shard_lines
+from .source import has_duplicates_list, read_duplicate_ids
+
+
+class EmptyStream(RuntimeError):
+    pass
+
+
+class DocumentStream:
+    def __init__(
+        self,
+        source,
+        tags: list[str],
+        tokenizer,
+        *,
+        min_doc_tokens: int,
+        max_doc_bytes: int,
+        dedup: bool,
+        dedup_memory: int,
+        tokenize_batch_bytes: int,
+        shuffle_seed: list[int] | None = None,
+        epochs: int | None = 1,
+        name: str = "stream",
+    ):
+        self.source = source
+        self.tags = list(tags)
+        self.tokenizer = tokenizer
+        self.min_doc_tokens = min_doc_tokens
+        self.max_doc_bytes = max_doc_bytes
+        # JSON escapes make a line at most ~6x its text ("\u0001"); the rest is metadata
+        self.max_line_bytes = 6 * max_doc_bytes + (1 << 20)
+        self.dedup = dedup
+        self.stream_dedup = StreamDedup(dedup_memory if dedup else 0)
+        self.tokenize_batch_bytes = tokenize_batch_bytes
+        self.shuffle_seed = shuffle_seed
+        self.epochs = epochs
+        self.name = name
+        self.counters = new_counters()
+        self.epoch = 0
+        self.shard_pos = 0
+        self.line = 0  # next line to read in the current shard
+        self.kept_in_epoch = 0
+        self._lines = None
+        self._dups: set[str] | None = None
+        self._epoch_ended = False
+        self._order = None
+
+    # -- position ---------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return not self.tags or (self.epochs is not None and self.epoch >= self.epochs)
+
+    def order(self, epoch: int) -> list[str]:
+        if self.shuffle_seed is None:
+            return self.tags
+        perm = np.random.default_rng([*self.shuffle_seed, epoch]).permutation(len(self.tags))
+        return [self.tags[i] for i in perm]
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "shard_pos": self.shard_pos,
+            "line": self.line,
+            "kept_in_epoch": self.kept_in_epoch,
+            "dedup": self.stream_dedup.state_dict(),
+            "counters": dict(self.counters),
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.epoch, self.shard_pos, self.line = int(sd["epoch"]), int(sd["shard_pos"]), int(sd["line"])
+        self.kept_in_epoch = int(sd["kept_in_epoch"])
+        self.stream_dedup.load_state_dict(sd["dedup"])
+        self.counters.update({k: int(v) for k, v in sd["counters"].items()})
+        self._lines, self._order = None, None
+
+    # -- reading ----------------------------------------------------------------------
+    def _open_shard(self):
+        if self._order is None:
+            self._order = self.order(self.epoch)
+        tag = self._order[self.shard_pos]
+        self._dups = None
+        if self.dedup and has_duplicates_list(tag):
+            self._dups = read_duplicate_ids(self.source, tag, self.counters)
+            if self._dups is None and self.line == 0:
+                self.counters["duplicates_missing"] += 1
+        self._tag = tag
+        self._lines = shard_lines(
+            self.source, tag, self.counters, start_line=self.line, max_line_bytes=self.max_line_bytes
+        )
+
+    def _next_shard(self):
+        self._lines, self.line = None, 0
+        self.shard_pos += 1
+        if self.shard_pos == len(self.tags):
+            self.shard_pos, self._order = 0, None
+            self._epoch_ended = True
+
+    def _next_candidate(self):
+        """(doc_id, text) of the next document that may pass, or None at an epoch's end."""
+        c = self.counters
+        while not self._epoch_ended:
+            if self._lines is None:
+                self._open_shard()
+            item = next(self._lines, None)
+            if item is None:
+                self._next_shard()
+                continue
+            line, raw = item
+            self.line = line + 1
+            c["read"] += 1
+            doc_id = f"{self._tag}.json.gz/{line}"
+            if self._dups is not None and doc_id in self._dups:
+                c["dropped_duplicate_listed"] += 1
+                continue
+            text, utf8 = parse_doc(raw, self.max_doc_bytes)
+            if text is None:
+                c[utf8] += 1
+                continue
+            # a byte-level BPE never makes more tokens than bytes: skip before tokenizing
+            if len(utf8) < self.min_doc_tokens:
+                c["dropped_short"] += 1
+                continue
+            if self.stream_dedup.seen(utf8):
+                c["dropped_duplicate_stream"] += 1
+                continue
+            return doc_id, text, len(utf8)
+        return None
+
+    def next_batch(self) -> list[tuple[str, np.ndarray]] | None:
+        """The kept documents of the next tokenizer batch as (doc_id, int32 tokens); [] when a
+        batch kept nothing; None once the stream is finished."""
+        if self.finished:
+            return None
+        ids, texts, nbytes = [], [], 0
+        while nbytes < self.tokenize_batch_bytes:
+            item = self._next_candidate()
+            if item is None:
+                break
+            ids.append(item[0])
+            texts.append(item[1])
+            nbytes += item[2]
+        kept = []
+        if texts:
+            for doc_id, toks in zip(ids, self.tokenizer.encode_arrays(texts)):
+                if len(toks) < self.min_doc_tokens:
+                    self.counters["dropped_short"] += 1
+                    continue
+                kept.append((doc_id, toks))
+                self.counters["kept"] += 1
+                self.counters["tokens"] += len(toks)
+        self.kept_in_epoch += len(kept)
+        if self._epoch_ended:
+            self._epoch_ended = False
+            if self.kept_in_epoch == 0 and (self.epochs is None or self.epoch + 1 < self.epochs):
+                c = self.counters
+                raise EmptyStream(
+                    f"{self.name}: no document passed in a whole pass over its {len(self.tags)} shard(s) "
+                    f"(read {c['read']}, short {c['dropped_short']}, failed shards {c['shards_failed']}); "
+                    f"lower data.min_doc_tokens or check data.source"
+                )
+            self.epoch += 1
+            self.counters["epochs"] += 1
+            self.kept_in_epoch = 0
+        return kept
+
+    def __iter__(self):
+        """(doc_id, tokens) of every kept document until the stream is finished."""
+        while True:
+            batch = self.next_batch()
+            if batch is None:
+                return
+            yield from batch
