@@ -20,6 +20,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from stuffed_mamba.probes.prefill import prefill
+
 # Appendix B.1. Inside a paragraph the paper's line breaks are its page wrapping (at ~63
 # characters: "Here we / go." breaks mid-sentence), so sentences of a paragraph are joined by
 # spaces; the blank lines between paragraphs are kept as "\n\n".
@@ -106,13 +108,10 @@ def greedy_continuation(
     device = next(model.parameters()).device
     vocab = model.config.vocab_size  # the padded rows of the LM head are never real tokens
     prompt = torch.as_tensor(list(ids), dtype=torch.long, device=device)[None]  # [1, T]
-    state = None
-    for s in range(0, prompt.shape[1] - 1, prefill_chunk):
-        state = model(prompt[:, s : min(s + prefill_chunk, prompt.shape[1] - 1)], state=state).state
-    if state is None:
-        from stuffed_mamba.model import ModelState
-
-        state = ModelState.zeros(model.config, 1, device=device, dtype=next(model.parameters()).dtype)
+    if prompt.shape[1] > 1:
+        state = prefill(model, prompt[:, :-1], chunk_size=prefill_chunk)
+    else:
+        state = model.init_state(1)
     logits, state = model.step(prompt[:, -1], state)
     out: list[int] = []
     for _ in range(max_new_tokens):

@@ -15,6 +15,8 @@ from typing import Sequence
 
 import torch
 
+from stuffed_mamba.probes.prefill import prefill
+
 
 @torch.no_grad()
 def first_token_retention(model, input_ids: torch.Tensor, *, chunk_size: int = 4096) -> torch.Tensor:
@@ -43,7 +45,7 @@ def first_token_retention(model, input_ids: torch.Tensor, *, chunk_size: int = 4
     try:
         state = None
         for s in range(0, T, chunk_size):
-            state = model(input_ids[:, s : s + chunk_size], state=state).state
+            state = prefill(model, input_ids[:, s : s + chunk_size], state, chunk_size=chunk_size)
             log_alpha = torch.stack(caught)  # [L, B, t, H]
             if offset is None:
                 offset = torch.zeros_like(log_alpha[:, :, 0])

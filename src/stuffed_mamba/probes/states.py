@@ -16,6 +16,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from stuffed_mamba.probes.prefill import prefill
+
 
 def newlines_prompt(tokenizer, length: int) -> torch.Tensor:
     """The "newlines" prompt: `length` copies of the token of "\\n" -> LongTensor [1, length]."""
@@ -66,10 +68,8 @@ def state_statistics(
         if deadline is not None and ts and time.monotonic() > deadline:
             complete = False
             break
-        while pos < t:
-            e = min(pos + max_chunk, t)
-            state = model(input_ids[:, pos:e], state=state).state
-            pos = e
+        state = prefill(model, input_ids[:, pos:t], state, chunk_size=max_chunk)
+        pos = t
         ssm = torch.stack([layer.ssm for layer in state.layers]).float()  # [L, B, H, P, N]
         conv = torch.stack([layer.conv for layer in state.layers]).float()  # [L, B, C, K-1]
         mean.append(ssm.mean(dim=(-2, -1)).mean(dim=1))  # [L, H]
