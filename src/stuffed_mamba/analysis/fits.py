@@ -15,6 +15,7 @@ mean by the delta method with a Student t quantile: it needs more points than pa
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -175,7 +176,7 @@ def fit_exponential(
     For a fixed c the law is linear in (a, b), so c starts from a grid search over log c
     (least squares for a, b at each) and curve_fit then refines all three together.
     """
-    from scipy.optimize import curve_fit
+    from scipy.optimize import OptimizeWarning, curve_fit
 
     x, y = _check_xy(x, y, 3)
     law = ExponentialLaw()
@@ -190,7 +191,9 @@ def fit_exponential(
             best = (sse, a, math.exp(log_c), b)
     p0 = best[1:]
     try:
-        p, cov = curve_fit(law._f, x, y, p0=p0, jac=law._jac, maxfev=20000)
+        with warnings.catch_warnings():  # 3 points: an exact fit, no covariance (reported as None)
+            warnings.simplefilter("ignore", OptimizeWarning)
+            p, cov = curve_fit(law._f, x, y, p0=p0, jac=law._jac, maxfev=20000)
     except RuntimeError:  # did not converge: keep the grid's best, without a covariance
         p, cov = np.array(p0), np.full((3, 3), np.inf)
     dof = x.size - 3

@@ -66,7 +66,7 @@ def plot_forget_law(
     ax.set_xlabel(f"state size N_S ({unit_name(x_unit)} floats)")
     ax.set_ylabel(f"training length T_train ({unit_name(y_unit)} tokens)")
     ax.set_title("Forget threshold vs state size (paper fig. 11)")
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
     return _save(fig, plt, path)
 
@@ -99,7 +99,7 @@ def plot_recall_law(
     ax.set_xlabel(f"state size N_S ({unit_name(x_unit)} floats)")
     ax.set_ylabel(f"T_recall ({unit_name(y_unit)} tokens)")
     ax.set_title("Maximum recall context vs state size (paper fig. 9)")
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
     return _save(fig, plt, path)
 

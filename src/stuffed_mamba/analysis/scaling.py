@@ -142,12 +142,14 @@ def _jsonable(v):
 def format_report(rep: ScalingReport) -> str:
     xu, yu = unit_name(rep.x_unit), unit_name(rep.y_unit)
     lines = [f"{len(rep.rows)} runs" + (f" ({rep.skipped} unusable rows skipped)" if rep.skipped else ""), ""]
-    lines.append(f"{'N_S':>12} {'model':<14} {'runs: T_train(forgets?)':<44} {'T_forget':>14} {'T_recall':>9}")
+    runs = {t.state_size: " ".join(f"{tt}{'+' if ok else ('-' if ok is False else '?')}" for tt, ok in t.runs)
+            for t in rep.thresholds}
+    w = max([len("runs: T_train (+ forgets)")] + [len(r) for r in runs.values()])
+    lines.append(f"{'N_S':>12} {'model':<14} {'runs: T_train (+ forgets)':<{w}} {'T_forget':>10} {'T_recall':>9}")
     for t in rep.thresholds:
-        runs = " ".join(f"{tt}{'+' if ok else ('-' if ok is False else '?')}" for tt, ok in t.runs)
         tf = "n/a" if t.t_forget is None else {"none": "", "above": ">", "at_or_below": "<="}[t.censored] + str(t.t_forget)
         tr = "none" if t.t_recall is None else str(t.t_recall)
-        lines.append(f"{t.state_size:>12,} {t.model[:14]:<14} {runs[:44]:<44} {tf:>14} {tr:>9}")
+        lines.append(f"{t.state_size:>12,} {t.model[:14]:<14} {runs[t.state_size]:<{w}} {tf:>10} {tr:>9}")
     lines.append("")
     for name, law in (("T_forget", rep.forget_fit), ("T_recall", rep.recall_fit)):
         if law is None:

@@ -1,0 +1,165 @@
+"""Run sweep cells: `fit` each (a subprocess, or in-process), evaluate its last checkpoint, append a row.
+
+A cell is done when `{run_dir}/result.json` exists: rerunning a sweep skips done cells, so an
+interrupted sweep resumes where it stopped (and `fit` itself resumes a half-trained run when
+the base recipe says `run.resume: auto`). A failed fit or evaluation is recorded as a row with
+`status` saying why and never stops the other cells.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from stuffed_mamba.analysis.results import append_row
+from stuffed_mamba.sweep.recipe import Cell, SweepRecipe, base_value
+
+
+def results_path(recipe: SweepRecipe, out_dir: str | Path | None = None) -> Path:
+    return Path(out_dir or recipe.out_dir) / "results.jsonl"
+
+
+def fit_command(base: Path, cell: Cell) -> list[str]:
+    return [sys.executable, "-m", "stuffed_mamba", "fit", str(base), *cell.overrides]
+
+
+def run_fit(base: Path, cell: Cell, *, timeout_s: float | None, in_process: bool = False) -> tuple[int, float]:
+    """(return code, seconds); the output goes to {run_dir}/fit.log."""
+    cell.run_dir.mkdir(parents=True, exist_ok=True)
+    log = cell.run_dir / "fit.log"
+    t0 = time.perf_counter()
+    if in_process:
+        from contextlib import redirect_stderr, redirect_stdout
+
+        from stuffed_mamba.cli import main
+
+        with open(log, "a", encoding="utf-8") as f, redirect_stdout(f), redirect_stderr(f):
+            try:
+                rc = main(["fit", str(base), *cell.overrides])
+            except SystemExit as e:  # argparse errors
+                rc = e.code if isinstance(e.code, int) else 1
+        return rc, time.perf_counter() - t0
+    with open(log, "a", encoding="utf-8") as f:
+        f.write("$ " + " ".join(fit_command(base, cell)) + "\n")
+        f.flush()
+        try:
+            rc = subprocess.run(fit_command(base, cell), stdout=f, stderr=subprocess.STDOUT,
+                                timeout=timeout_s, env=os.environ.copy()).returncode
+        except subprocess.TimeoutExpired:
+            f.write(f"\n[sweep] fit timed out after {timeout_s:.0f} s\n")
+            rc = -9
+    return rc, time.perf_counter() - t0
+
+
+def _tail(path: Path, n: int = 3) -> str:
+    try:
+        lines = [l for l in path.read_text(errors="replace").splitlines() if l.strip()]
+    except OSError:
+        return ""
+    return " | ".join(lines[-n:])[-400:]
+
+
+def run_cell(
+    recipe: SweepRecipe,
+    base: Path,
+    cell: Cell,
+    *,
+    out_dir: str | Path | None = None,
+    force: bool = False,
+    in_process: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Fit, evaluate and record one cell; returns its results row."""
+    done = cell.run_dir / "result.json"
+    if done.exists() and not force:
+        log(f"[sweep] {cell.name}: already done ({done})")
+        return json.loads(done.read_text())
+    segments = int(base_value(base, recipe.keys.segments, cell.overrides) or 1)
+    batch = int(base_value(base, recipe.keys.batch_size, cell.overrides) or 1)
+    max_steps = base_value(base, recipe.keys.max_steps, cell.overrides)
+    row: dict[str, Any] = {
+        "cell": cell.name, "index": cell.index, "model": cell.model, "model_fields": cell.model_fields,
+        "train_length": cell.train_length, "segments": segments, "batch_size": batch, "max_steps": max_steps,
+        "tokens_trained": None if max_steps is None else int(max_steps) * batch * segments * cell.train_length,
+        "state_size": _state_size(base, cell, recipe),
+    }
+    ckpt = cell.run_dir / "checkpoints" / "last.ckpt"
+    fit_done = cell.run_dir / "fit.done"
+    if force or not fit_done.exists():
+        log(f"[sweep] {cell.name}: fit (N_S={row['state_size']:,}, T_train={cell.train_length}, steps={max_steps})")
+        timeout = recipe.fit_timeout_minutes * 60 if recipe.fit_timeout_minutes else None
+        rc, secs = run_fit(base, cell, timeout_s=timeout, in_process=in_process)
+        row["fit_seconds"] = round(secs, 1)
+        if rc != 0 or not ckpt.exists():
+            row["status"] = f"fit_failed: rc={rc}" + ("" if ckpt.exists() else ", no last.ckpt") + \
+                f"; {_tail(cell.run_dir / 'fit.log')}"
+            log(f"[sweep] {cell.name}: {row['status']}")
+            return _record(recipe, cell, row, out_dir, final=False)
+        fit_done.write_text(f"{secs:.1f}\n")
+    else:
+        row["fit_seconds"] = float(fit_done.read_text().strip() or "nan")
+    log(f"[sweep] {cell.name}: evaluate {ckpt}")
+    t0 = time.perf_counter()
+    try:
+        from stuffed_mamba.sweep.evaluate import evaluate_checkpoint
+
+        ev = evaluate_checkpoint(ckpt, base, cell, recipe.eval)
+    except Exception as e:  # recorded, not fatal: the other cells still run
+        row["eval_seconds"] = round(time.perf_counter() - t0, 1)
+        row["status"] = f"eval_failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:400]
+        log(f"[sweep] {cell.name}: {row['status']}")
+        return _record(recipe, cell, row, out_dir, final=False)
+    curve = ev.pop("curve", None)
+    if curve is not None:
+        (cell.run_dir / "position_loss.json").write_text(json.dumps(curve))
+    row.update(ev)
+    if ev.get("state_size_model") is not None:
+        row["state_size"] = ev.pop("state_size_model")
+    row["eval_seconds"] = round(time.perf_counter() - t0, 1)
+    row["status"] = "ok"
+    log(f"[sweep] {cell.name}: learned_to_forget={row.get('learned_to_forget')} "
+        f"loss_ratio={row.get('loss_ratio')} t_recall={row.get('t_recall')} "
+        f"(fit {row['fit_seconds']} s, eval {row['eval_seconds']} s)")
+    return _record(recipe, cell, row, out_dir, final=True)
+
+
+def _record(recipe, cell, row, out_dir, *, final: bool) -> dict[str, Any]:
+    append_row(results_path(recipe, out_dir), row)
+    if final:
+        (cell.run_dir / "result.json").write_text(json.dumps(row, indent=1))
+    return row
+
+
+def _state_size(base: Path, cell: Cell, recipe: SweepRecipe) -> int:
+    """N_S of the cell's model section (base recipe + the cell's model overrides)."""
+    from omegaconf import OmegaConf
+
+    from stuffed_mamba.analysis.state_size import resolve
+
+    section = OmegaConf.to_container(OmegaConf.select(OmegaConf.load(base), recipe.keys.model) or {}, resolve=True)
+    section.update(cell.model_fields)
+    return resolve(section, base_dir=base.parent).state_size
+
+
+def run_sweep(
+    recipe: SweepRecipe,
+    base: Path,
+    cells: list[Cell],
+    *,
+    out_dir: str | Path | None = None,
+    force: bool = False,
+    in_process: bool = False,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    rows = []
+    t0 = time.perf_counter()
+    for i, cell in enumerate(cells):
+        log(f"[sweep] cell {i + 1}/{len(cells)} ({time.perf_counter() - t0:.0f} s elapsed)")
+        rows.append(run_cell(recipe, base, cell, out_dir=out_dir, force=force, in_process=in_process, log=log))
+    log(f"[sweep] {len(cells)} cells in {time.perf_counter() - t0:.0f} s")
+    return rows
