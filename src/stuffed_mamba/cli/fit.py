@@ -1,0 +1,57 @@
+"""`stuffed-mamba fit RECIPE [key=value ...]` (contract): train a recipe."""
+
+from __future__ import annotations
+
+import argparse
+
+from stuffed_mamba.cli import CLIError
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "fit",
+        help="train a recipe (YAML) with key=value overrides",
+        description="Train a recipe: YAML sections model, data, optim, trainer, probes, run; "
+        "overrides such as trainer.max_steps=100 run.dir=runs/x run.resume=auto are merged on top.",
+    )
+    p.add_argument("recipe", help="recipe YAML, e.g. recipes/tiny_cpu.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")
+    p.add_argument("--print-config", action="store_true", help="print the validated recipe and exit")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from stuffed_mamba.training.config import ConfigError, load_recipe, to_yaml
+
+    try:
+        cfg = load_recipe(args.recipe, args.overrides)
+    except ConfigError as e:
+        raise CLIError(str(e)) from None
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    from stuffed_mamba.training.fit import fit
+    from stuffed_mamba.training.module import NonFiniteLossError
+
+    say = rank_zero_only(lambda s: print(s, flush=True))
+    say(f"stuffed-mamba fit: TensorBoard logs go to {cfg.run.dir}/tensorboard "
+        f"(view: tensorboard --logdir {cfg.run.dir}/tensorboard)")
+    try:
+        result = fit(cfg, recipe=args.recipe, log=lambda s: print(s, flush=True))
+    except ConfigError as e:
+        raise CLIError(str(e)) from None
+    except NonFiniteLossError as e:
+        print(f"stuffed-mamba fit: aborted: {e}", flush=True)
+        return 1
+    loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
+    say(
+        f"done: {result.global_step} optimiser steps, {result.episodes} episodes, {result.tokens:,} tokens "
+        f"in {result.seconds:.0f} s; last loss {loss}; non-finite steps skipped {result.nonfinite_skipped}"
+        + ("; requeued" if result.requeued else "")
+    )
+    say(f"checkpoint: {result.checkpoint}")
+    say(f"tensorboard --logdir {result.tensorboard_dir}")
+    return 0

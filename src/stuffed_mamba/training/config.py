@@ -1,0 +1,260 @@
+"""Recipe schema: dataclasses validated by OmegaConf (DESIGN section 7).
+
+A recipe is YAML with the sections `model`, `data`, `optim`, `trainer`, `probes`,
+`run`; `key=value` overrides from the command line are merged on top. An unknown
+key, a wrong type or an impossible value is a one-line `ConfigError` naming the
+key, raised before any model or data is built.
+
+`data:` is `stuffed_mamba.data.DataConfig` verbatim and `probes:` is
+`stuffed_mamba.callbacks.ProbesConfig` verbatim; `model:` holds every
+`Mamba2Config` field (generated from it, so the two cannot drift) plus how the
+model is built (`init_from`, `backend`, `activation_checkpointing`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from stuffed_mamba.callbacks.config import ProbesConfig
+from stuffed_mamba.data import DataConfig
+from stuffed_mamba.model import Mamba2Config
+from stuffed_mamba.training.schedule import DECAY_SHAPES
+
+STRATEGIES = ("auto", "ddp", "deepspeed")
+# fp16 needs a loss scaler, which interacts badly with skipping non-finite steps; the
+# paper trains in bf16 (appendix F.1) and CPUs run fp32.
+PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true")
+
+
+class ConfigError(ValueError):
+    """A recipe problem the user can fix; its message is one line naming the key."""
+
+
+# ---------------------------------------------------------------------------- model
+
+
+def _model_section() -> type:
+    """`ModelSection`: every Mamba2Config field as Optional (None = from `init_from`'s
+    config.json, or Mamba2Config's own default), plus how to build the model."""
+    hints = typing.get_type_hints(Mamba2Config)
+    fields = [
+        # An official checkpoint folder (mamba_ssm layout) or a transformers Mamba2 folder.
+        ("init_from", Optional[str], None),
+        ("backend", str, "torch"),  # "torch" | "mamba_ssm": explicit, never a silent fallback
+        # Recompute each layer in the backward pass: memory per segment stops growing with n_layer.
+        ("activation_checkpointing", bool, False),
+    ]
+    for f in dataclasses.fields(Mamba2Config):
+        if not f.init:
+            continue
+        t = hints.get(f.name, Any)
+        if typing.get_origin(t) is Union:  # already Optional[...]
+            fields.append((f.name, t, None))
+        elif t in (int, float, bool, str):
+            fields.append((f.name, Optional[t], None))
+        else:
+            fields.append((f.name, Any, None))
+    return dataclasses.make_dataclass("ModelSection", [(n, t, field(default=d)) for n, t, d in fields])
+
+
+ModelSection = _model_section()
+MODEL_BUILD_KEYS = ("init_from", "backend", "activation_checkpointing")
+
+
+# ---------------------------------------------------------------------------- optim
+
+
+@dataclass
+class OptimConfig:
+    """AdamW + WSD (appendix F.1). Steps are optimiser steps."""
+
+    lr: float = 3e-4  # peak LR; the paper sweeps {1e-5 ... 1e-3}
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # Mamba-2's pre-training betas
+    eps: float = 1e-8
+    weight_decay: float = 0.1  # not on norms, biases, A_log, D, dt_bias
+    grad_clip: float = 1.0  # max global grad norm; 0 turns clipping off
+    # "segment": one optimiser step per segment (0.5M tokens per step in the paper);
+    # "episode": gradients of all S segments summed into one step.
+    optimizer_step: str = "segment"
+    total_steps: int = 50_000  # the schedule's length; trainer.max_steps may stop earlier
+    warmup_steps: int = 1000
+    decay_fraction: float = 0.1  # WSD decays over the last 10% of total_steps
+    decay: str = "linear"  # linear | exponential | 1-sqrt
+    min_lr_ratio: float = 0.0
+    # K non-finite steps in a row abort the run (each one is skipped and counted).
+    max_nonfinite_in_a_row: int = 10
+
+
+# ---------------------------------------------------------------------------- trainer
+
+
+@dataclass
+class DeepSpeedSection:
+    """ZeRO settings used when `trainer.strategy: deepspeed`."""
+
+    stage: int = 2
+    offload_optimizer: bool = False
+    offload_parameters: bool = False
+    # ZeRO-2/3 communication buckets (elements); DeepSpeed's defaults are 5e8.
+    allgather_bucket_size: int = 200_000_000
+    reduce_bucket_size: int = 200_000_000
+
+
+@dataclass
+class TrainerSection:
+    """Arguments of `lightning.Trainer` (only these: the rest is decided by the recipe)."""
+
+    max_steps: Optional[int] = None  # optimiser steps where this job stops; None = optim.total_steps
+    accelerator: str = "auto"
+    devices: Union[int, str] = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | deepspeed
+    precision: str = "32-true"
+    log_every_n_steps: int = 1  # episodes between TensorBoard points
+    enable_progress_bar: bool = True
+    deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+
+
+# ---------------------------------------------------------------------------- run
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"  # TensorBoard logs and checkpoints/ live here
+    seed: int = 0  # weight initialisation (the data pipeline and probes own their seeds)
+    # "auto": continue from {dir}/checkpoints/last.ckpt when it exists; a path: from it; null: fresh.
+    resume: Optional[str] = None
+    checkpoint_every_n_steps: int = 1000  # saved at the first episode boundary at or past each multiple
+    keep_every_n_steps: Optional[int] = None  # also keep step-NNNNNNN.ckpt copies at these multiples
+    requeue_on_signal: bool = True  # under Slurm: SIGUSR1 -> checkpoint at a batch end, requeue, stop
+
+
+@dataclass
+class RecipeConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerSection = field(default_factory=TrainerSection)
+    probes: ProbesConfig = field(default_factory=ProbesConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def _one_line(e: Exception) -> str:
+    key = getattr(e, "full_key", None)
+    msg = (getattr(e, "msg", None) or str(e)).strip().splitlines()[0]
+    return f"{key}: {msg}" if key else msg
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> RecipeConfig:
+    """YAML recipe + `key=value` overrides -> a validated RecipeConfig (plain dataclasses)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+    schema = OmegaConf.structured(RecipeConfig)
+    layers = []
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe not found: {path}")
+        try:
+            layers.append(OmegaConf.load(path))
+        except Exception as e:  # YAML syntax
+            raise ConfigError(f"{path}: cannot parse YAML: {_one_line(e)}") from None
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override {item!r} is not key=value")
+    try:
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"bad override: {_one_line(e)}") from None
+    try:
+        merged = OmegaConf.merge(schema, *layers)
+    except ConfigKeyError as e:
+        raise ConfigError(f"unknown recipe key '{e.full_key}'") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"recipe key {_one_line(e)}") from None
+    try:
+        cfg = OmegaConf.to_object(merged)  # runs each section's __post_init__ validation
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"recipe key {_one_line(e)}") from None
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e).strip().splitlines()[0]) from None
+    validate(cfg)
+    return cfg
+
+
+def to_yaml(cfg: RecipeConfig) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: RecipeConfig) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(cfg))
+
+
+def _check(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def validate(cfg: RecipeConfig) -> None:
+    """Impossible values and impossible combinations, each named by its key."""
+    o, t, r, m, d = cfg.optim, cfg.trainer, cfg.run, cfg.model, cfg.data
+    _check(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
+    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", f"must be two numbers in [0, 1), got {o.betas}")
+    _check(o.eps > 0, "optim.eps", f"must be > 0, got {o.eps}")
+    _check(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
+    _check(o.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 = off), got {o.grad_clip}")
+    _check(o.optimizer_step in ("segment", "episode"), "optim.optimizer_step", f"must be 'segment' or 'episode', got {o.optimizer_step!r}")
+    _check(o.total_steps >= 1, "optim.total_steps", f"must be >= 1, got {o.total_steps}")
+    _check(0 <= o.warmup_steps < o.total_steps, "optim.warmup_steps", f"must be in [0, optim.total_steps={o.total_steps}), got {o.warmup_steps}")
+    _check(0.0 <= o.decay_fraction <= 1.0, "optim.decay_fraction", f"must be in [0, 1], got {o.decay_fraction}")
+    _check(o.decay in DECAY_SHAPES, "optim.decay", f"must be one of {', '.join(DECAY_SHAPES)}, got {o.decay!r}")
+    _check(0.0 <= o.min_lr_ratio <= 1.0, "optim.min_lr_ratio", f"must be in [0, 1], got {o.min_lr_ratio}")
+    _check(o.max_nonfinite_in_a_row >= 1, "optim.max_nonfinite_in_a_row", f"must be >= 1, got {o.max_nonfinite_in_a_row}")
+
+    _check(t.max_steps is None or t.max_steps >= 1, "trainer.max_steps", f"must be >= 1 or null, got {t.max_steps}")
+    _check(t.strategy in STRATEGIES, "trainer.strategy", f"must be one of {', '.join(STRATEGIES)}, got {t.strategy!r}")
+    _check(str(t.precision) in PRECISIONS, "trainer.precision", f"must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
+    _check(isinstance(t.devices, int) and t.devices >= 1 or t.devices == "auto", "trainer.devices", f"must be a count >= 1 or 'auto', got {t.devices!r}")
+    _check(t.num_nodes >= 1, "trainer.num_nodes", f"must be >= 1, got {t.num_nodes}")
+    _check(t.log_every_n_steps >= 1, "trainer.log_every_n_steps", f"must be >= 1, got {t.log_every_n_steps}")
+    _check(t.deepspeed.stage in (1, 2, 3), "trainer.deepspeed.stage", f"must be 1, 2 or 3, got {t.deepspeed.stage}")
+    _check(not t.deepspeed.offload_parameters or t.deepspeed.stage == 3, "trainer.deepspeed.offload_parameters",
+           "needs trainer.deepspeed.stage=3 (only ZeRO-3 partitions parameters)")
+    if t.strategy == "deepspeed":
+        # DeepSpeed's engine treats every backward as a step boundary unless told the
+        # accumulation count, which Lightning owns: summing S segments into one step is
+        # not supported under it.
+        _check(o.optimizer_step == "segment", "optim.optimizer_step", "must be 'segment' under trainer.strategy=deepspeed")
+
+    _check(r.checkpoint_every_n_steps >= 1, "run.checkpoint_every_n_steps", f"must be >= 1, got {r.checkpoint_every_n_steps}")
+    _check(r.keep_every_n_steps is None or r.keep_every_n_steps >= 1, "run.keep_every_n_steps", f"must be >= 1 or null, got {r.keep_every_n_steps}")
+    _check(bool(r.dir), "run.dir", "must not be empty")
+
+    _check(m.backend in ("torch", "mamba_ssm"), "model.backend", f"must be 'torch' or 'mamba_ssm', got {m.backend!r}")
+    if m.init_from is None:
+        for key in ("d_model", "n_layer"):
+            _check(getattr(m, key) is not None, f"model.{key}", "is required when model.init_from is null (training from scratch)")
+    for key in ("segments", "train_length", "batch_size"):
+        if hasattr(d, key):
+            _check(getattr(d, key) >= 1, f"data.{key}", f"must be >= 1, got {getattr(d, key)}")
+
+
+def mamba2_overrides(model: Any) -> dict:
+    """The Mamba2Config fields the recipe sets (None means: not set)."""
+    return {
+        f.name: getattr(model, f.name)
+        for f in dataclasses.fields(model)
+        if f.name not in MODEL_BUILD_KEYS and getattr(model, f.name) is not None
+    }

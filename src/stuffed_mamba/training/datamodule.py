@@ -1,0 +1,31 @@
+"""The episode loader as a LightningDataModule, built once the ranks are known."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import lightning as L
+
+
+class EpisodeDataModule(L.LightningDataModule):
+    """Builds `stuffed_mamba.data.build_dataloader(cfg, rank=, world_size=)` in `train_dataloader`,
+    after the strategy has set the ranks (under DDP every process builds its own shard of data).
+
+    `factory(rank, world_size)` replaces the real pipeline (tests use small fakes).
+    """
+
+    def __init__(self, data_cfg, factory: Callable | None = None):
+        super().__init__()
+        self.data_cfg = data_cfg
+        self.factory = factory
+        self.loader = None
+
+    def train_dataloader(self):
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        if self.factory is not None:
+            self.loader = self.factory(rank, world)
+        else:
+            from stuffed_mamba.data import build_dataloader
+
+            self.loader = build_dataloader(self.data_cfg, rank=rank, world_size=world)
+        return self.loader

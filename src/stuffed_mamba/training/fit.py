@@ -1,0 +1,179 @@
+"""`fit(cfg)`: recipe -> model, data, trainer -> train, torchtitan style (reads top to bottom)."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from stuffed_mamba.training.config import ConfigError, RecipeConfig, mamba2_overrides, to_dict, to_yaml
+
+
+@dataclass
+class FitResult:
+    global_step: int
+    episodes: int
+    tokens: int
+    final_loss: float | None
+    seconds: float
+    checkpoint: str | None
+    tensorboard_dir: str
+    nonfinite_skipped: int
+    requeued: bool
+
+
+def build_model(cfg: RecipeConfig, tokenizer):
+    """From `model.init_from` (official or transformers folder) or from scratch with `run.seed`."""
+    from stuffed_mamba.model import Mamba2Config, Mamba2LM
+
+    m = cfg.model
+    overrides = mamba2_overrides(m)
+    if "A_init_range" in overrides:
+        overrides["A_init_range"] = tuple(overrides["A_init_range"])
+    if m.init_from:
+        if not Path(m.init_from).is_dir():
+            raise ConfigError(f"model.init_from: not a checkpoint folder: {m.init_from}")
+        model = Mamba2LM.from_pretrained(m.init_from, backend=m.backend)
+        for key, value in overrides.items():
+            have = getattr(model.config, key)
+            if have != value and key != "chunk_size":
+                raise ConfigError(f"model.{key}={value} conflicts with {m.init_from} ({key}={have}); drop it from the recipe")
+    else:
+        overrides.setdefault("vocab_size", tokenizer.vocab_size)
+        try:
+            config = Mamba2Config(**overrides)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"model: {e}") from None
+        model = Mamba2LM(config, backend=m.backend)
+    if tokenizer.vocab_size > model.config.vocab_size_padded:
+        raise ConfigError(
+            f"data.tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary holds "
+            f"{model.config.vocab_size_padded}"
+        )
+    model.gradient_checkpointing = m.activation_checkpointing
+    return model
+
+
+def build_trainer(cfg: RecipeConfig, callbacks: Sequence, *, log=print):
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    from stuffed_mamba.training.strategy import build_strategy
+
+    t = cfg.trainer
+    plugins = []
+    if SLURMEnvironment.detect():
+        # Lightning's auto-requeue saves mid-episode from the signal handler; ours (RequeueOnSignal) does not.
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return L.Trainer(
+        max_steps=t.max_steps if t.max_steps is not None else cfg.optim.total_steps,
+        max_epochs=1,  # one pass of the loader = the whole stream (it cycles or stops by data.epochs)
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=build_strategy(cfg),
+        precision=t.precision,
+        logger=TensorBoardLogger(save_dir=cfg.run.dir, name="", version="tensorboard", default_hp_metric=False),
+        callbacks=list(callbacks),
+        plugins=plugins or None,
+        enable_checkpointing=False,  # EpisodeCheckpoint saves at episode boundaries
+        use_distributed_sampler=False,  # the data pipeline shards by rank itself
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        enable_progress_bar=t.enable_progress_bar,
+        enable_model_summary=False,
+        default_root_dir=cfg.run.dir,
+    )
+
+
+def fit(
+    cfg: RecipeConfig,
+    *,
+    recipe: str | None = None,
+    loader_factory: Callable | None = None,
+    extra_callbacks: Sequence = (),
+    log: Callable[[str], None] = print,
+) -> FitResult:
+    import lightning as L
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    from stuffed_mamba.data import load_tokenizer
+    from stuffed_mamba.training.checkpoint import EpisodeCheckpoint, checkpoint_dir, resolve_resume
+    from stuffed_mamba.training.datamodule import EpisodeDataModule
+    from stuffed_mamba.training.module import TBPTTModule
+    from stuffed_mamba.training.report import startup_report
+    from stuffed_mamba.training.requeue import RequeueOnSignal
+
+    say = rank_zero_only(log)
+    run_dir = Path(cfg.run.dir)
+    ckpt_dir = checkpoint_dir(run_dir)
+    resume_from = resolve_resume(cfg.run.resume, run_dir)
+
+    # Under Slurm the warning signal can come at any time: catch it before anything slow.
+    requeue = None
+    if cfg.run.requeue_on_signal and "SLURM_JOB_ID" in os.environ:
+        requeue = RequeueOnSignal(ckpt_dir)
+        requeue.install()
+
+    # 1. tokenizer and model (same seed on every rank: identical initial weights)
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    L.seed_everything(cfg.run.seed, workers=False, verbose=False)
+    model = build_model(cfg, tokenizer)
+
+    # 2. callbacks: checkpoints, requeue, probes
+    callbacks = [EpisodeCheckpoint(ckpt_dir, cfg.run.checkpoint_every_n_steps, cfg.run.keep_every_n_steps)]
+    if requeue is not None:
+        callbacks.append(requeue)
+    if cfg.probes.enabled:
+        from stuffed_mamba.callbacks import build_callbacks
+
+        callbacks += build_callbacks(cfg.probes, tokenizer=tokenizer, data_cfg=cfg.data, run_dir=str(run_dir))
+    callbacks += list(extra_callbacks)
+
+    # 3. trainer, module, data
+    trainer = build_trainer(cfg, callbacks, log=log)
+    module = TBPTTModule(model, cfg.optim, log_every_n_steps=cfg.trainer.log_every_n_steps)
+    data = EpisodeDataModule(cfg.data, factory=loader_factory)
+
+    world_size = trainer.num_nodes * trainer.num_devices
+    for line in startup_report(cfg, model, world_size=world_size, resume_from=resume_from, recipe=recipe):
+        say(line)
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.yaml").write_text(to_yaml(cfg))
+    if trainer.logger is not None:
+        trainer.logger.log_hyperparams(_flat(to_dict(cfg)))
+
+    # 4. train (resume restores weights, optimiser, step, data position per rank, RNG)
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=False)
+    seconds = time.perf_counter() - t0
+
+    last = ckpt_dir / "last.ckpt"
+    metrics = getattr(module, "last_metrics", {}) or {}
+    return FitResult(
+        global_step=trainer.global_step,
+        episodes=module.episodes_done,
+        tokens=module.tokens_seen,
+        final_loss=metrics.get("train/loss"),
+        seconds=seconds,
+        checkpoint=str(last) if last.exists() else None,
+        tensorboard_dir=str(run_dir / "tensorboard"),
+        nonfinite_skipped=module.nonfinite_total,
+        requeued=bool(requeue and requeue.requeued),
+    )
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+    return out

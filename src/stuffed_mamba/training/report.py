@@ -1,0 +1,55 @@
+"""The start-up report: what is about to be trained, and whether T_train can teach forgetting."""
+
+from __future__ import annotations
+
+import json
+
+from stuffed_mamba.training.config import RecipeConfig
+
+
+def startup_report(cfg: RecipeConfig, model, *, world_size: int, resume_from: str | None, recipe: str | None) -> list[str]:
+    """Lines to print on rank 0 before training. The last lines may be WARNINGs."""
+    from stuffed_mamba.analysis import forget_threshold_warning, predicted_thresholds
+
+    c, d, o, t = model.config, cfg.data, cfg.optim, cfg.trainer
+    n_params = model.num_parameters()
+    pred = predicted_thresholds(c)
+    n_s = pred["state_size"]
+    ssm = c.n_layer * c.nheads * c.headdim * c.d_state
+    B, S, T = d.batch_size, d.segments, d.train_length
+    per_step = B * T * world_size if o.optimizer_step == "segment" else B * S * T * world_size
+    max_steps = t.max_steps if t.max_steps is not None else o.total_steps
+    lines = [
+        f"recipe       {recipe or '(none)'}",
+        f"model        Mamba-2 d_model={c.d_model} n_layer={c.n_layer} d_state={c.d_state} headdim={c.headdim} "
+        f"nheads={c.nheads} vocab={c.vocab_size} (padded {c.vocab_size_padded}); backend {cfg.model.backend}"
+        f"{', activation checkpointing' if cfg.model.activation_checkpointing else ''}",
+        f"parameters   {n_params:,} ({_human(n_params)})"
+        f"{'; init from ' + cfg.model.init_from if cfg.model.init_from else '; from scratch (seed ' + str(cfg.run.seed) + ')'}",
+        f"state size   N_S = {n_s:,} floats ({n_s / 1e6:.3f}M: SSM {ssm:,} + conv {n_s - ssm:,})",
+        f"episode      {B} rows x {S} segments x T_train={T} tokens per rank; {world_size} rank(s)",
+        f"tokens/step  {per_step:,} (optimizer_step: {o.optimizer_step})",
+        f"schedule     AdamW lr {o.lr:g} wd {o.weight_decay:g} clip {o.grad_clip:g}; WSD warm-up {o.warmup_steps}, "
+        f"total {o.total_steps}, {o.decay} decay over the last {o.decay_fraction:.0%}; this job stops at step {max_steps}",
+        f"trainer      strategy {t.strategy}, precision {t.precision}, accelerator {t.accelerator}, "
+        f"devices {t.devices}, nodes {t.num_nodes}",
+        f"run dir      {cfg.run.dir} (checkpoints/last.ckpt; TensorBoard: tensorboard --logdir {cfg.run.dir}/tensorboard)",
+        f"resume       {resume_from or 'no: fresh start'}",
+        f"predicted    T_forget = {pred['t_forget'] / 1e3:.1f}K tokens, T_recall = {pred['t_recall'] / 1e3:.1f}K tokens "
+        f"(paper section 5 fits, for this N_S)",
+    ]
+    if t.strategy == "deepspeed":
+        from stuffed_mamba.training.strategy import deepspeed_config
+
+        lines.append("deepspeed    " + json.dumps(deepspeed_config(cfg), sort_keys=True))
+    warning = forget_threshold_warning(c, T)
+    if warning:
+        lines.append("WARNING: " + warning)
+    return lines
+
+
+def _human(n: float) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(int(n))
