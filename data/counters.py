@@ -24,7 +24,7 @@ NAMES = (
     "shards_failed",  # missing, HTTP error, or unreachable after all retries: skipped
     "duplicates_missing",  # a head/middle shard without a readable duplicates list
     "retries",  # network attempts repeated after an error
-    "epochs",  # completed passes over a row stream's shards
+    "epochs",  # passes over their shards completed by every row stream (min over streams)
 )
 
 
@@ -36,6 +36,15 @@ def add(into: dict[str, int], other: dict[str, int]) -> dict[str, int]:
     for k, v in other.items():
         into[k] = into.get(k, 0) + int(v)
     return into
+
+
+def merge(streams: list[dict[str, int]]) -> dict[str, int]:
+    """Counters of several row streams: sums, except `epochs` = passes completed by every stream."""
+    total = new_counters()
+    for c in streams:
+        add(total, c)
+    total["epochs"] = min((int(c["epochs"]) for c in streams), default=0)
+    return total
 
 
 def summary(c: dict[str, int]) -> dict[str, int]:

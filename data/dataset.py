@@ -121,10 +121,7 @@ class EpisodeIterator:
         return rows_to_episode(rows, self.cfg.segments, self.cfg.train_length)
 
     def counters(self) -> dict[str, int]:
-        total = ctr.new_counters()
-        for s in self.streams:
-            ctr.add(total, s.counters)
-        return total
+        return ctr.merge([s.counters for s in self.streams])
 
     def state_dict(self) -> dict:
         return {

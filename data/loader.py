@@ -26,18 +26,17 @@ class EpisodeLoader(StatefulDataLoader):
     def counters(self) -> dict[str, int]:
         """Documents read, kept and skipped (and why), summed over this rank's workers, as of
         the last episode handed out; see stuffed_mamba.data.counters for the names."""
-        total = ctr.new_counters()
         if self.num_workers == 0:
             live = self.dataset.live
-            return ctr.summary(ctr.add(total, live.counters()) if live is not None else total)
+            return ctr.summary(live.counters() if live is not None else ctr.new_counters())
         if self._iterator is None:  # state_dict() would start the workers
-            return ctr.summary(total)
+            return ctr.summary(ctr.new_counters())
         snap = self.state_dict().get("_snapshot", {}).get("_worker_snapshots", {})
+        streams = []
         for wstate in snap.values():
             it = ((wstate or {}).get("fetcher_state") or {}).get("dataset_iter_state")
-            for row in (it or {}).get("rows", {}).values():
-                ctr.add(total, row["stream"]["counters"])
-        return ctr.summary(total)
+            streams += [row["stream"]["counters"] for row in (it or {}).get("rows", {}).values()]
+        return ctr.summary(ctr.merge(streams))
 
     def __iter__(self):
         it = super().__iter__()

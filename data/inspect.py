@@ -1,0 +1,47 @@
+"""`stuffed-mamba data inspect`: the stream, dedup and filter stages over a source, counted."""
+
+from __future__ import annotations
+
+from . import counters as ctr
+from .progress import Progress
+from .source import open_source, read_shard_tags
+from .stream import DocumentStream
+from .tokenizer import load_tokenizer
+
+
+def inspect_source(
+    source: str,
+    *,
+    listing: str | None = None,
+    tokenizer: str = "data/sample/tokenizer.json",
+    min_doc_tokens: int = 4096,
+    dedup: bool = True,
+    dedup_memory: int = 1_000_000,
+    max_doc_bytes: int = 32 * 1024 * 1024,
+    timeout_s: float = 60.0,
+    retries: int = 5,
+    on_kept=None,
+    progress: Progress | None = None,
+) -> dict[str, int]:
+    """One pass over the shards in listing order (a single stream: dedup spans all shards);
+    calls on_kept(doc_id) for every kept document in stream order; returns the counters."""
+    src = open_source(source, timeout_s=timeout_s, retries=retries)
+    stream = DocumentStream(
+        src,
+        read_shard_tags(src, listing),
+        load_tokenizer(tokenizer),
+        min_doc_tokens=min_doc_tokens,
+        max_doc_bytes=max_doc_bytes,
+        dedup=dedup,
+        dedup_memory=dedup_memory,
+        tokenize_batch_bytes=4 << 20,
+        epochs=1,
+        name=str(source),
+    )
+    for doc_id, _ in stream:
+        if on_kept is not None:
+            on_kept(doc_id)
+        if progress is not None:
+            c = stream.counters
+            progress.update(documents=c["read"], kept=c["kept"], tokens=c["tokens"])
+    return ctr.summary(stream.counters)

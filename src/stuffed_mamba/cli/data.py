@@ -1,0 +1,104 @@
+"""`stuffed-mamba data {inspect,prepare}`: look at a RedPajama-V2 source; mirror part of it."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("data", help="inspect a RedPajama-V2 source or prepare a local mirror")
+    sub = p.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+
+    q = sub.add_parser(
+        "inspect",
+        help="run the stream, dedup and filter stages and count what they keep and drop",
+        description="One pass over the shards (listing order, one stream). Counts go to stdout; "
+        "with --emit-ids the kept documents' ids go to stdout, one a line in stream order, and the "
+        "counts to stderr. Progress lines (documents, tokens, rate) go to stderr every 5 s.",
+    )
+    q.add_argument("source", metavar="SOURCE", help="local mirror folder or base URL")
+    q.add_argument("--listing", metavar="FILE", help="a listings/*.txt name or a local file (default: all)")
+    q.add_argument("--tokenizer", metavar="SPEC", default="data/sample/tokenizer.json")
+    q.add_argument("--min-doc-tokens", metavar="N", type=int, default=4096)
+    q.add_argument("--no-dedup", action="store_true", help="keep listed and in-stream duplicates")
+    q.add_argument("--timeout", metavar="S", type=float, default=60.0, help="network time-out per operation")
+    q.add_argument("--retries", metavar="N", type=int, default=5)
+    q.add_argument("--json", action="store_true", help="print the counts as one JSON object")
+    q.add_argument("--emit-ids", action="store_true", help="print kept document ids in stream order")
+    q.set_defaults(func=run_inspect)
+
+    r = sub.add_parser(
+        "prepare",
+        help="copy shards of a source (URL or folder) into a local mirror with the same layout",
+        description="Downloads documents and duplicates lists (and optionally quality signals) of the "
+        "listing's first N shards into OUT, and writes OUT/listings/<listing>. Run it again to resume.",
+    )
+    r.add_argument("source", metavar="SOURCE", help="base URL (or folder) in the RedPajama-V2 layout")
+    r.add_argument("out", metavar="OUT", help="the local mirror folder to fill")
+    r.add_argument("--listing", metavar="FILE", required=True, help="a listings/*.txt name or a local file")
+    r.add_argument("--shards", metavar="N", type=int, help="only the first N shards of the listing")
+    r.add_argument("--quality-signals", action="store_true", help="also copy quality_signals/")
+    r.add_argument("--timeout", metavar="S", type=float, default=60.0)
+    r.add_argument("--retries", metavar="N", type=int, default=5)
+    r.set_defaults(func=run_prepare)
+
+
+def _cli_error(e: Exception):
+    from stuffed_mamba.cli import CLIError
+
+    return CLIError(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def run_inspect(args) -> int:
+    from stuffed_mamba.data.inspect import inspect_source
+    from stuffed_mamba.data.progress import Progress
+
+    if args.min_doc_tokens < 1:
+        from stuffed_mamba.cli import CLIError
+
+        raise CLIError(f"--min-doc-tokens must be >= 1, got {args.min_doc_tokens}")
+    emit = (lambda doc_id: print(doc_id)) if args.emit_ids else None
+    try:
+        counts = inspect_source(
+            args.source,
+            listing=args.listing,
+            tokenizer=args.tokenizer,
+            min_doc_tokens=args.min_doc_tokens,
+            dedup=not args.no_dedup,
+            timeout_s=args.timeout,
+            retries=args.retries,
+            on_kept=emit,
+            progress=Progress("inspect"),
+        )
+    except (OSError, ValueError, RuntimeError) as e:
+        raise _cli_error(e) from None
+    out = sys.stderr if args.emit_ids else sys.stdout
+    if args.json:
+        print(json.dumps(counts), file=out)
+    else:
+        width = max(map(len, counts))
+        for k, v in counts.items():
+            print(f"{k:<{width}}  {v:>12,}", file=out)
+    return 0
+
+
+def run_prepare(args) -> int:
+    from stuffed_mamba.data.prepare import prepare_mirror
+    from stuffed_mamba.data.progress import Progress
+
+    try:
+        report = prepare_mirror(
+            args.source,
+            args.out,
+            listing=args.listing,
+            shards=args.shards,
+            quality_signals=args.quality_signals,
+            timeout_s=args.timeout,
+            retries=args.retries,
+            progress=Progress("prepare"),
+        )
+    except (OSError, ValueError, RuntimeError) as e:
+        raise _cli_error(e) from None
+    print(json.dumps(report, indent=1))
+    return 1 if report["failed"] and not report["shards"] else 0
