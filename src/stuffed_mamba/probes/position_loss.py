@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -18,14 +18,19 @@ import torch.nn.functional as F
 
 @torch.no_grad()
 def loss_per_position(
-    model, input_ids: torch.Tensor, *, chunk_size: int = 4096, deadline: Optional[float] = None
+    model,
+    input_ids: torch.Tensor,
+    *,
+    chunk_size: int = 4096,
+    deadline: Optional[float] = None,
+    progress: Optional[Callable[[int], None]] = None,
 ) -> torch.Tensor:
     """Cross-entropy at every position, averaged over prompts.
 
     input_ids: [n, T] -> [T-1] fp32, index i = -log p(token_{i+1} | tokens_0..i), so index
     i has seen i+1 tokens. Prompts run one at a time in chunks carrying the state (one
     chunk's logits [1, chunk, V] in memory at once). With a `deadline` (time.monotonic()),
-    the prompts done by then are averaged (at least one).
+    the prompts done by then are averaged (at least one). `progress(i)` after prompt i.
     """
     if input_ids.dim() != 2 or input_ids.shape[1] < 2:
         raise ValueError(f"input_ids must be [n, T] with T >= 2, got shape {tuple(input_ids.shape)}")
@@ -47,6 +52,8 @@ def loss_per_position(
             del out
         total += torch.cat(parts).double()
         done += 1
+        if progress is not None:
+            progress(done)
     return (total / done).float()
 
 
