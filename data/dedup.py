@@ -36,6 +36,10 @@ class StreamDedup:
             self._seen.discard(self._order.popleft())
         return False
 
+    def clear(self) -> None:
+        self._order.clear()
+        self._seen.clear()
+
     def state_dict(self) -> torch.Tensor:
         return torch.tensor(list(self._order), dtype=torch.int64)
 

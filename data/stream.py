@@ -168,12 +168,14 @@ class DocumentStream:
                 c = self.counters
                 raise EmptyStream(
                     f"{self.name}: no document passed in a whole pass over its {len(self.tags)} shard(s) "
-                    f"(read {c['read']}, short {c['dropped_short']}, failed shards {c['shards_failed']}); "
+                    f"(read {c['read']}, short {c['dropped_short']}, duplicates "
+                    f"{c['dropped_duplicate_listed'] + c['dropped_duplicate_stream']}, failed shards {c['shards_failed']}); "
                     f"lower data.min_doc_tokens or check data.source"
                 )
             self.epoch += 1
             self.counters["epochs"] += 1
             self.kept_in_epoch = 0
+            self.stream_dedup.clear()  # a new pass repeats documents on purpose
         return kept
 
     def __iter__(self):

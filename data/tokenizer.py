@@ -94,14 +94,26 @@ def load_tokenizer(spec: str):
         return HFTokenizer(tok, str(path))
     if spec.endswith(".json") or os.sep in spec and not _looks_like_hub_name(spec):
         raise FileNotFoundError(f"tokenizer file {spec!r} not found")
+    path = _hub_file(spec)
+    return HFTokenizer(Tokenizer.from_file(path), spec)
+
+
+def _hub_file(name: str) -> str:
+    """The hub's tokenizer.json for `name`: the local HuggingFace cache first, then the network."""
+    import huggingface_hub as hub
+
+    cached = hub.try_to_load_from_cache(name, "tokenizer.json")
+    if isinstance(cached, str):
+        return cached
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise RuntimeError(f"tokenizer {name!r} is not in the HuggingFace cache and HF_HUB_OFFLINE is set")
     try:
-        tok = Tokenizer.from_pretrained(spec)
+        return hub.hf_hub_download(name, "tokenizer.json")
     except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise RuntimeError(
-            f"cannot load tokenizer {spec!r} from the HuggingFace hub (no network and no cached copy?): "
-            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            f"cannot load tokenizer {name!r} from the HuggingFace hub (no network and no cached copy?): {first}"
         ) from None
-    return HFTokenizer(tok, spec)
 
 
 def _looks_like_hub_name(spec: str) -> bool:
