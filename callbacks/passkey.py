@@ -55,6 +55,8 @@ class PasskeyCallback(ProbeCallback):
             for T, acc in by_length.items():
                 writer.add_scalar(f"probes/passkey/acc/T={T}", acc, step)
             for r in self.last_r:
+                if r >= max(self.lengths):  # every needle lies in the last r tokens: the plain accuracy
+                    continue
                 acc = result.last_r_accuracy(r)
                 if acc is not None:
                     writer.add_scalar(f"probes/passkey/acc_last_r/r={r}", acc, step)

@@ -1,0 +1,103 @@
+"""Through the real `fit` on the sample corpus: probes on vs off give bit-identical training, and
+TensorBoard's own reader finds the probes' scalars, images and the "forgetting" layout."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _fit(run_dir: Path, probes: bool):
+    from stuffed_mamba.training.config import load_recipe
+    from stuffed_mamba.training.fit import fit
+
+    overrides = [
+        "model.d_model=32", "model.n_layer=2", "model.d_state=8", "model.headdim=8", "model.chunk_size=16",
+        f"data.source={ROOT / 'data' / 'sample'}", "data.tokenizer=bytes", "data.train_length=48",
+        "data.segments=2", "data.min_doc_tokens=256",
+        "optim.total_steps=20", "optim.warmup_steps=1", "trainer.max_steps=4", "trainer.enable_progress_bar=false",
+        f"run.dir={run_dir}", "run.checkpoint_every_n_steps=4",
+        f"probes.enabled={str(probes).lower()}",
+        "probes.passkey.every_n_steps=2", "probes.passkey.lengths=[300,600]", "probes.passkey.samples=2",
+        "probes.passkey.last_r=[400]", "probes.passkey.max_new_tokens=3",
+        "probes.retention.every_n_steps=2", "probes.retention.length=192",
+        "probes.states.every_n_steps=2", "probes.states.length=192", "probes.states.n_points=6",
+        "probes.position_loss.every_n_steps=2", "probes.position_loss.length=192", "probes.position_loss.samples=1",
+        "probes.position_loss.min_doc_tokens=1024", "probes.position_loss.buckets=6",
+    ]
+    result = fit(load_recipe(None, overrides), log=lambda s: None)
+    return result, torch.load(result.checkpoint, map_location="cpu", weights_only=False)
+
+
+def same(a, b) -> bool:
+    """Exact equality of nested checkpoint contents (dicts, lists, tensors, arrays, scalars)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if hasattr(a, "shape") and hasattr(a, "dtype"):  # numpy
+        import numpy as np
+
+        return np.array_equal(a, b)
+    return a == b
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("fit")
+    on = _fit(base / "on", True)
+    off = _fit(base / "off", False)
+    return base, on, off
+
+
+def test_probes_leave_training_bit_identical(runs):
+    _, (res_on, ck_on), (res_off, ck_off) = runs
+    assert res_on.global_step == res_off.global_step == 4
+    assert ck_on["state_dict"].keys() == ck_off["state_dict"].keys()
+    for k, v in ck_on["state_dict"].items():
+        assert torch.equal(v, ck_off["state_dict"][k]), k
+    opt_on, opt_off = ck_on["optimizer_states"][0]["state"], ck_off["optimizer_states"][0]["state"]
+    assert opt_on.keys() == opt_off.keys()
+    for i in opt_on:
+        for k in opt_on[i]:
+            assert torch.equal(torch.as_tensor(opt_on[i][k]), torch.as_tensor(opt_off[i][k])), (i, k)
+    assert same(ck_on["data_state_per_rank"], ck_off["data_state_per_rank"])  # same data position
+    assert same(ck_on["rng_per_rank"], ck_off["rng_per_rank"])  # the run's RNG stream where it was
+    assert res_on.final_loss == res_off.final_loss
+
+
+def test_tensorboard_has_probe_scalars_images_and_layout(runs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2
+    from tensorboard.util import tensor_util
+
+    base, (res_on, _), _ = runs
+    acc = EventAccumulator(res_on.tensorboard_dir, size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    scalars = [t for t in tags["scalars"] if t.startswith("probes/")]
+    for tag in ("probes/passkey/acc/T=300", "probes/passkey/acc/T=600", "probes/passkey/T_recall",
+                "probes/passkey/acc_last_r/r=400", "probes/retention/max_alpha/t=48",
+                "probes/states/var_growth_max", "probes/position_loss/learned_to_forget",
+                "probes/position_loss/max_beyond"):
+        assert tag in scalars, tag
+        assert [e.step for e in acc.Scalars(tag)] == [2, 4]
+    assert set(tags["images"]) == {"probes/passkey/heatmap", "probes/retention/curves", "probes/states/curves",
+                                   "probes/position_loss/curve"}
+    img = acc.Images("probes/passkey/heatmap")[-1]
+    assert img.width > 100 and img.height > 100 and img.step == 4
+
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(tensor_util.make_ndarray(acc.Tensors("custom_scalars__config__")[0].tensor_proto).item())
+    (category,) = layout.category
+    assert category.title == "forgetting"
+    for chart in category.chart:  # every chart of the dashboard shows something that was logged
+        assert any(re.fullmatch(rx, t) for rx in chart.multiline.tag for t in scalars), chart.title
+    # the probes' JSON summaries sit beside the logs
+    assert (base / "on" / "probes" / "passkey" / "step_00000004.json").is_file()
+    assert not (base / "off" / "probes").exists()
