@@ -10,9 +10,10 @@ PY=${PYTHON:-python3}
 # CPU torch first: anything that asks for a bare "torch" later then finds it satisfied
 # instead of pulling a multi-GB CUDA build.
 $PY -m pip install -q "torch==2.13.0"
-$PY -m pip install -q -e ".[dev]"
-
-if [ "${1:-}" = "dev" ]; then
+if [ "${1:-}" != "dev" ]; then
+  $PY -m pip install -q -e .
+else
+  $PY -m pip install -q -e ".[dev]"
   # mamba-ssm's CUDA extension cannot build here; its Python package (Triton kernels) can,
   # and the tests run those kernels on the CPU under TRITON_INTERPRET=1.
   MAMBA_FORCE_BUILD=TRUE MAMBA_SKIP_CUDA_BUILD=TRUE \
