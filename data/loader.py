@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -74,9 +75,11 @@ def build_dataloader(cfg, *, rank: int = 0, world_size: int = 1) -> EpisodeLoade
     with finite epochs all ranks stop together at the first rank that runs dry.
     """
     ds = EpisodeDataset(cfg, rank=rank, world_size=world_size)
-    return EpisodeLoader(
-        ds,
-        batch_size=None,  # the dataset yields whole episodes
-        num_workers=cfg.num_workers,
-        worker_init_fn=_worker_init if cfg.num_workers > 0 else None,
-    )
+    with warnings.catch_warnings():  # torchdata 0.11 calls a deprecated torch API in its constructor
+        warnings.filterwarnings("ignore", message=".*set_vital.*")
+        return EpisodeLoader(
+            ds,
+            batch_size=None,  # the dataset yields whole episodes
+            num_workers=cfg.num_workers,
+            worker_init_fn=_worker_init if cfg.num_workers > 0 else None,
+        )
