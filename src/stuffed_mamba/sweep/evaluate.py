@@ -44,6 +44,10 @@ def evaluate_checkpoint(ckpt: Path, base: Path, cell: Cell, cfg: EvalConfig) -> 
     ids = torch.as_tensor(ids, dtype=torch.long)
     loss = loss_per_position(model, ids, chunk_size=cfg.position_loss.chunk_size)  # [n_ctx]
     s = loss_summary(loss, T_train)
+    # a softer view than the 2x criterion: how much the loss rose from just before T_train
+    # to the end of the evaluation context (mean over the last quarter of the positions)
+    near = loss[max(0, T_train // 2): T_train].mean().item()
+    late = loss[-max(1, loss.numel() // 4):].mean().item()
     out: dict[str, Any] = {
         "eval_length": int(loss.numel()),
         "eval_sequences": int(ids.shape[0]),
@@ -53,6 +57,9 @@ def evaluate_checkpoint(ckpt: Path, base: Path, cell: Cell, cfg: EvalConfig) -> 
         "mean_loss_beyond": s["mean_beyond"],
         "loss_ratio": s["beyond_over_within"],
         "learned_to_forget": bool(s["learned_to_forget"]),
+        "loss_near_train_length": near,
+        "loss_late": late,
+        "late_loss_rise": late - near,
         "loss_eval_seconds": round(time.perf_counter() - t0, 1),
         "curve": {"train_length": T_train, "positions": s["bucket_positions"], "loss": s["bucket_loss"],
                   "learned_to_forget": bool(s["learned_to_forget"])},

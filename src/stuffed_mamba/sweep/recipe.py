@@ -5,9 +5,12 @@
     models:                         # name -> `model.*` overrides (N_S follows from them)
       s8k:  {d_model: 32, n_layer: 2, d_state: 16, headdim: 16}
     train_lengths: [64, 128, 256]   # T_train, tokens per segment
+    batch_tokens: 4096              # optional: B*S*T per step kept equal (B = batch_tokens / (S*T))
     tokens_per_run: 2000000         # optional: every cell trains on the same number of tokens
+                                    # (sets trainer.max_steps = tokens_per_run / tokens per optimiser step)
     overrides: ["data.segments=1"]  # key=value for every cell; {train_length}, {max_steps},
-                                    # {model}, {cell} are filled in per cell
+                                    # {warmup_steps} (10% of max_steps), {model}, {cell}, {run_dir}
+                                    # are filled in per cell
     eval: {...}                     # see EvalConfig
 
 Each cell becomes one `stuffed-mamba fit BASE override...` run with `run.dir` set to
@@ -31,6 +34,7 @@ class Keys:
     segments: str = "data.segments"
     batch_size: str = "data.batch_size"
     max_steps: str = "trainer.max_steps"
+    optimizer_step: str = "optim.optimizer_step"  # "segment": one step per segment, "episode": per episode
     run_dir: str = "run.dir"
     model: str = "model"  # prefix of the model-size overrides
 
@@ -67,6 +71,9 @@ class SweepRecipe:
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     train_lengths: list[int] = field(default_factory=list)
     tokens_per_run: Optional[int] = None
+    # optional: tokens per episode row-block, B*S*T, kept equal across lengths by setting
+    # data.batch_size = batch_tokens // (S*T) per cell (short lengths get more rows)
+    batch_tokens: Optional[int] = None
     overrides: list[str] = field(default_factory=list)
     keys: Keys = field(default_factory=Keys)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -113,18 +120,46 @@ def load_sweep(path: str | Path, extra: list[str] | tuple[str, ...] = ()) -> tup
     return recipe, base
 
 
-def base_value(base: Path, dotted: str, overrides: list[str] | tuple[str, ...] = ()) -> Any:
-    """A value of the base recipe after `key=value` overrides (None when absent)."""
-    from omegaconf import OmegaConf
+def resolved_recipe(base: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The base recipe with `key=value` overrides, as `fit` will see it (schema defaults filled in).
 
-    for o in reversed(overrides):  # the last override of a key wins, as in `fit`
-        if o.partition("=")[0] == dotted:
-            return OmegaConf.select(OmegaConf.from_dotlist([o]), dotted, default=None)
-    return OmegaConf.select(OmegaConf.load(base), dotted, default=None)
+    Validated by the training recipe schema, so a cell whose overrides `fit` would refuse
+    fails here, before anything runs.
+    """
+    key = (str(base), tuple(overrides))
+    if key not in _RESOLVED:
+        from stuffed_mamba.training.config import ConfigError, load_recipe, to_dict
+
+        try:
+            _RESOLVED[key] = to_dict(load_recipe(base, list(overrides)))
+        except ConfigError as e:
+            raise ValueError(f"{base} {' '.join(overrides)}: {e}") from None
+    return _RESOLVED[key]
+
+
+_RESOLVED: dict[tuple, dict[str, Any]] = {}
+
+
+def base_value(base: Path, dotted: str, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    """One value of the resolved recipe (None when absent)."""
+    node: Any = resolved_recipe(base, overrides)
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def tokens_per_step(base: Path, keys: Keys, overrides: list[str] | tuple[str, ...]) -> int:
+    """Training tokens per optimiser step: B*T, or B*S*T when one step takes a whole episode."""
+    batch = int(base_value(base, keys.batch_size, overrides) or 1)
+    t = int(base_value(base, keys.train_length, overrides))
+    per_episode = base_value(base, keys.optimizer_step, overrides) == "episode"
+    return batch * t * (int(base_value(base, keys.segments, overrides) or 1) if per_episode else 1)
 
 
 def expand(recipe: SweepRecipe, base: Path, out_dir: str | Path | None = None) -> list[Cell]:
-    """The grid as cells, models-major."""
+    """The grid as cells, models-major; every cell's overrides are validated against the recipe schema."""
     out = Path(out_dir or recipe.out_dir)
     k = recipe.keys
     cells: list[Cell] = []
@@ -133,16 +168,24 @@ def expand(recipe: SweepRecipe, base: Path, out_dir: str | Path | None = None) -
             name = f"{model}_T{t}"
             pre = [f"{k.model}.{f}={v}" for f, v in fields.items()]
             pre.append(f"{k.train_length}={t}")
+            if recipe.batch_tokens:
+                shared = pre + [o for o in recipe.overrides if "{" not in o]
+                segments = int(base_value(base, k.segments, shared) or 1)
+                pre.append(f"{k.batch_size}={max(1, recipe.batch_tokens // (segments * t))}")
             max_steps = None
             if recipe.tokens_per_run:
-                shared = [o for o in recipe.overrides if "{" not in o]
-                segments = int(base_value(base, k.segments, shared) or 1)
-                batch = int(base_value(base, k.batch_size, shared) or 1)
-                max_steps = max(1, math.ceil(recipe.tokens_per_run / (batch * segments * t)))
+                shared = pre + [o for o in recipe.overrides if "{" not in o]
+                max_steps = max(1, math.ceil(recipe.tokens_per_run / tokens_per_step(base, k, shared)))
                 pre.append(f"{k.max_steps}={max_steps}")
             run_dir = out / "runs" / name
-            fmt = {"train_length": t, "max_steps": max_steps, "model": model, "cell": name, "run_dir": run_dir}
-            post = [o.format(**fmt) for o in recipe.overrides]
+            fmt = {"train_length": t, "max_steps": max_steps, "model": model, "cell": name, "run_dir": run_dir,
+                   "warmup_steps": None if max_steps is None else max(1, math.ceil(0.1 * max_steps))}
+            try:
+                post = [o.format(**fmt) for o in recipe.overrides]
+            except (KeyError, IndexError) as e:
+                raise ValueError(f"override placeholder {e} unknown (known: {', '.join(fmt)})") from None
             post.append(f"{k.run_dir}={run_dir}")
-            cells.append(Cell(len(cells), name, model, dict(fields), t, max_steps, tuple(pre + post), run_dir))
+            overrides = tuple(pre + post)
+            resolved_recipe(base, overrides)  # refuse a bad cell now, not an hour into the sweep
+            cells.append(Cell(len(cells), name, model, dict(fields), t, max_steps, overrides, run_dir))
     return cells

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from stuffed_mamba.analysis.results import append_row
-from stuffed_mamba.sweep.recipe import Cell, SweepRecipe, base_value
+from stuffed_mamba.sweep.recipe import Cell, SweepRecipe, base_value, resolved_recipe
 
 
 def results_path(recipe: SweepRecipe, out_dir: str | Path | None = None) -> Path:
@@ -43,6 +43,11 @@ def run_fit(base: Path, cell: Cell, *, timeout_s: float | None, in_process: bool
                 rc = main(["fit", str(base), *cell.overrides])
             except SystemExit as e:  # argparse errors
                 rc = e.code if isinstance(e.code, int) else 1
+            except Exception:  # a crash is this cell's failure, as a subprocess's would be
+                import traceback
+
+                traceback.print_exc()
+                rc = 1
         return rc, time.perf_counter() - t0
     with open(log, "a", encoding="utf-8") as f:
         f.write("$ " + " ".join(fit_command(base, cell)) + "\n")
@@ -54,6 +59,17 @@ def run_fit(base: Path, cell: Cell, *, timeout_s: float | None, in_process: bool
             f.write(f"\n[sweep] fit timed out after {timeout_s:.0f} s\n")
             rc = -9
     return rc, time.perf_counter() - t0
+
+
+def _final_loss(log: Path) -> float | None:
+    """The last `last loss X` of fit's closing summary (None when the log has none)."""
+    import re
+
+    try:
+        found = re.findall(r"last loss ([-+0-9.eE]+|nan|inf)", log.read_text(errors="replace"))
+    except OSError:
+        return None
+    return float(found[-1]) if found else None
 
 
 def _tail(path: Path, n: int = 3) -> str:
@@ -103,6 +119,7 @@ def run_cell(
         fit_done.write_text(f"{secs:.1f}\n")
     else:
         row["fit_seconds"] = float(fit_done.read_text().strip() or "nan")
+    row["final_train_loss"] = _final_loss(cell.run_dir / "fit.log")
     log(f"[sweep] {cell.name}: evaluate {ckpt}")
     t0 = time.perf_counter()
     try:
@@ -136,13 +153,10 @@ def _record(recipe, cell, row, out_dir, *, final: bool) -> dict[str, Any]:
 
 
 def _state_size(base: Path, cell: Cell, recipe: SweepRecipe) -> int:
-    """N_S of the cell's model section (base recipe + the cell's model overrides)."""
-    from omegaconf import OmegaConf
-
+    """N_S of the cell's model section as `fit` resolves it (base recipe + the cell's overrides)."""
     from stuffed_mamba.analysis.state_size import resolve
 
-    section = OmegaConf.to_container(OmegaConf.select(OmegaConf.load(base), recipe.keys.model) or {}, resolve=True)
-    section.update(cell.model_fields)
+    section = dict(resolved_recipe(base, cell.overrides)[recipe.keys.model])
     return resolve(section, base_dir=base.parent).state_size
 
 
