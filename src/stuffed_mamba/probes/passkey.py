@@ -96,7 +96,7 @@ def build_prompt(tokenizer, context_length: int, depth: float, passkey: str) -> 
 # ------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def greedy_continuation(
-    model, ids: Sequence[int], *, max_new_tokens: int = 8, prefill_chunk: int = 4096, eos_id: Optional[int] = None,
+    model, ids: "Sequence[int] | torch.Tensor", *, max_new_tokens: int = 8, prefill_chunk: int = 4096, eos_id: Optional[int] = None,
 ) -> list[int]:
     """Greedy decoding after `ids`: chunked prefill carrying the state, then `model.step`.
 
@@ -107,7 +107,8 @@ def greedy_continuation(
         raise ValueError("empty prompt")
     device = next(model.parameters()).device
     vocab = model.config.vocab_size  # the padded rows of the LM head are never real tokens
-    prompt = torch.as_tensor(list(ids), dtype=torch.long, device=device)[None]  # [1, T]
+    prompt = (ids if isinstance(ids, torch.Tensor) else torch.tensor(ids)).to(device=device, dtype=torch.long)
+    prompt = prompt.reshape(1, -1)  # [1, T]
     if prompt.shape[1] > 1:
         state = prefill(model, prompt[:, :-1], chunk_size=prefill_chunk)
     else:
