@@ -28,7 +28,7 @@ from stuffed_mamba.data.mirror import write_documents
 
 NOT_FOUND = "2023-06/0003/en_tail"  # exists on disk, but the server answers 404
 STALLS = "2023-06/0004/en_tail"  # the server answers only after the client's time-out
-FLAKY = "2023-06/0005/en_tail"  # the first transfer stops half-way and stalls; later ones are fine
+FLAKY = "2023-06/0005/en_tail"  # odd-numbered transfers stop half-way and stall; the retries succeed
 HTTP_LISTING = "en-2023-06-http.txt"
 
 
@@ -60,7 +60,7 @@ def http_mirror(tmp_path_factory, mirror):
                 return
             if self.path.endswith(f"{FLAKY}.json.gz"):
                 seen["flaky"] += 1
-                if seen["flaky"] == 1:
+                if seen["flaky"] % 2 == 1:  # every first attempt of a client breaks off
                     body = (root / "documents" / f"{FLAKY}.json.gz").read_bytes()
                     self.send_response(200)
                     self.send_header("Content-Length", str(len(body)))
