@@ -1,0 +1,97 @@
+"""Test-only shims that run mamba_ssm's Triton kernels on the CPU, under Triton's interpreter.
+
+mamba_ssm's kernels are plain Triton: with TRITON_INTERPRET=1 they run on CPU tensors, forward and
+backward. Four things stand in the way, and the `mamba_kernels` fixture patches each for the tests
+of this package only, then undoes it:
+
+1. `import mamba_ssm` imports the CUDA extension `selective_scan_cuda` (unused by the SSD kernels):
+   a stub module stands in for it.
+2. The kernel launchers run inside `torch.cuda.device(x.device.index)`: a null context.
+3. Some launchers size their grids by `torch.cuda.get_device_properties(...).multi_processor_count`.
+4. Triton's autotuner times every config on the GPU (`do_bench`): here it returns the same time
+   for every config without running any, so the first config is chosen and then run for real.
+   (Running each config once changes nothing but costs ~3 s per new shape.)
+
+TRITON_INTERPRET is read by `triton.jit` when a function is *decorated*: Triton's own library
+(`tl.cumsum`, `tl.max`, ...) at `import triton`, mamba_ssm's kernels at their import. Other packages
+(DeepSpeed, ...) may have imported Triton earlier in this pytest process, so the fixture sets the
+variable, swaps in a fresh import of Triton's Python modules (its compiled `triton._C` extension is
+kept) and of mamba_ssm, and afterwards puts the original modules back: the rest of the suite then
+sees this machine as it is (no kernels, so `backend="mamba_ssm"` is an ImportError), whatever the
+test order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+import types
+
+import pytest
+import torch
+
+BACKEND_MODULE = "stuffed_mamba.ops.mamba_ssm_backend"
+RETIRED_PREFIX = "_interpreted_copy_of."
+
+
+def _is_swapped(name: str) -> bool:
+    """Modules imported afresh under the interpreter (Triton's compiled extension is not)."""
+    top = name.split(".")[0]
+    if top == "triton":
+        return not name.startswith("triton._C")
+    return top == "mamba_ssm" or name == BACKEND_MODULE
+
+
+def _pop_swapped_modules() -> dict[str, types.ModuleType]:
+    popped = {name: mod for name, mod in sys.modules.items() if _is_swapped(name)}
+    for name in popped:
+        del sys.modules[name]
+    return popped
+
+
+def _null_device(*args, **kwargs):
+    return contextlib.nullcontext()
+
+
+def _cpu_properties(*args, **kwargs):
+    return types.SimpleNamespace(multi_processor_count=2, name="cpu (Triton interpreter)")
+
+
+def _same_time_for_every_config(kernel_call, quantiles=None):
+    return [1.0, 1.0, 1.0]
+
+
+@pytest.fixture(scope="package")
+def mamba_kernels():
+    """The "mamba_ssm" backend module, its Triton kernels running under the interpreter on CPU."""
+    saved_env = os.environ.get("TRITON_INTERPRET")
+    saved_stub = sys.modules.get("selective_scan_cuda")
+    saved_device, saved_props = torch.cuda.device, torch.cuda.get_device_properties
+    saved_modules = _pop_swapped_modules()
+    try:
+        os.environ["TRITON_INTERPRET"] = "1"
+        sys.modules["selective_scan_cuda"] = types.ModuleType("selective_scan_cuda")
+        torch.cuda.device = _null_device
+        torch.cuda.get_device_properties = _cpu_properties
+        # The fresh Triton's autotuner class: patching it leaves the original untouched.
+        from triton.runtime.autotuner import Autotuner
+
+        Autotuner.do_bench = property(lambda self: _same_time_for_every_config)
+        yield importlib.import_module(BACKEND_MODULE)
+    finally:
+        # The interpreted copies stay in sys.modules under another name: dropped from it, they are
+        # finalised out of order at exit and Triton's nanobind extension prints "leaked" warnings.
+        for name, module in _pop_swapped_modules().items():
+            sys.modules[f"{RETIRED_PREFIX}{name}"] = module
+        sys.modules.update(saved_modules)
+        torch.cuda.device, torch.cuda.get_device_properties = saved_device, saved_props
+        if saved_stub is None:
+            sys.modules.pop("selective_scan_cuda", None)
+        else:
+            sys.modules["selective_scan_cuda"] = saved_stub
+        if saved_env is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = saved_env
