@@ -1,6 +1,12 @@
+import shutil
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 
-from .mirror import build_mirror, write_corpus
+from stuffed_mamba.data.mirror import write_documents, write_listing
+
+from .mirror import build_mirror, rec, text, write_corpus
 
 
 @pytest.fixture(scope="session")
@@ -15,16 +21,6 @@ def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     write_corpus(root)
     return root
-
-
-import shutil
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-
-from stuffed_mamba.data.mirror import write_listing
-
-from .mirror import rec, text
-from stuffed_mamba.data.mirror import write_documents
 
 NOT_FOUND = "2023-06/0003/en_tail"  # exists on disk, but the server answers 404
 STALLS = "2023-06/0004/en_tail"  # the server answers only after the client's time-out

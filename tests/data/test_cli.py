@@ -58,3 +58,15 @@ def test_prepare_mirrors_an_http_source(http_mirror, mirror, tmp_path, capsys):
     assert ids == mirror.kept_ids + [f"{FLAKY}.json.gz/{j}" for j in range(3)]
     assert main(args) == 0  # a second run finds everything in place and downloads nothing
     assert json.loads(capsys.readouterr().out)["bytes"] == 0
+
+
+def test_progress_line_reports_documents_tokens_and_rate():
+    import io
+
+    from stuffed_mamba.data.progress import Progress
+
+    buf = io.StringIO()
+    p = Progress("inspect", every_s=0.0, stream=buf)
+    p.update(documents=1200, kept=30, tokens=150_000)
+    line = buf.getvalue()
+    assert line.startswith("inspect: documents 1,200, kept 30, tokens 150,000, ") and "tokens/s" in line

@@ -1,6 +1,5 @@
 """load_tokenizer (contract) and path resolution of the defaults."""
 
-import os
 
 import pytest
 
