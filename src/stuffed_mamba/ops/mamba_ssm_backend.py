@@ -27,9 +27,10 @@ try:
     from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
     from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
 except Exception as e:  # not installed (ImportError) or built without its CUDA extensions
+    reason = " ".join(str(e).split())  # one line, whatever the import error printed
     raise ImportError(
         f'backend "mamba_ssm" needs the mamba-ssm kernels, which failed to import '
-        f"({type(e).__name__}: {e}); install them with {_INSTALL}"
+        f"({type(e).__name__}: {reason}); install them with {_INSTALL}"
     ) from e
 
 try:
