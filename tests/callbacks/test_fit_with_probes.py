@@ -101,3 +101,38 @@ def test_tensorboard_has_probe_scalars_images_and_layout(runs):
     # the probes' JSON summaries sit beside the logs
     assert (base / "on" / "probes" / "passkey" / "step_00000004.json").is_file()
     assert not (base / "off" / "probes").exists()
+
+
+@pytest.mark.parametrize("argv,files", [
+    (["passkey", "--lengths", "300,600", "--samples", "2", "--max-new-tokens", "3", "--last-r", "400"],
+     ["passkey.json", "passkey.txt", "passkey_heatmap.png"]),
+    (["retention", "--length", "192"], ["retention.json", "retention.txt", "retention.png"]),
+    (["states", "--length", "192", "--points", "6"], ["states.json", "states.txt", "states.png"]),
+    (["loss", "--length", "150", "--samples", "1", "--min-doc-tokens", "1024", "--buckets", "6",
+      "--intervention", "none", "--intervention", "longmamba:0.5"],
+     ["loss.json", "loss.txt", "loss_vs_position.png"]),
+])
+def test_eval_cli_on_the_runs_lightning_checkpoint(runs, tmp_path, capsys, argv, files):
+    """Acceptance 7: the eval CLI on a real tiny Lightning checkpoint writes table, JSON and PNGs;
+    the tokenizer, T_train and evaluation text come from the run's recipe.yaml."""
+    import json
+
+    from stuffed_mamba.cli import main
+
+    _, (res_on, _), _ = runs
+    out = tmp_path / "eval"
+    rc = main(["eval", *argv, "--checkpoint", res_on.checkpoint, "--out", str(out), "--no-progress"])
+    assert rc == 0
+    for f in files:
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    printed = capsys.readouterr().out
+    table = (out / files[1]).read_text()
+    assert table.strip() in printed  # the printed table is the saved one
+    js = json.loads((out / files[0]).read_text())
+    assert js["checkpoint"] == res_on.checkpoint and js["step"] == 4 and js["train_length"] == 48
+    if argv[0] == "passkey":
+        assert set(js["accuracy"]) == {"300", "600"} and "T_recall" in js and len(js["trials"]) == 4
+        assert "T_recall" in table
+    if argv[0] == "loss":
+        assert set(js["interventions"]) == {"none", "longmamba:0.5"}
+        assert isinstance(js["learned_to_forget"], bool) and "learned to forget" in table
