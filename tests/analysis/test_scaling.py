@@ -42,6 +42,21 @@ def test_thresholds_are_the_shortest_forgetting_length_and_censoring_is_reported
     assert (th[30].t_forget, th[30].censored, th[30].monotone) == (4096, "none", False)
 
 
+def test_rise_criterion_uses_the_late_loss_rise(tmp_path, capsys):
+    rows = [{"cell": f"c{t}", "state_size": 10, "train_length": t, "learned_to_forget": True,
+             "late_loss_rise": rise, "status": "ok"} for t, rise in ((64, 0.9), (128, 0.4), (256, 0.05))]
+    rows.append({"cell": "failed", "state_size": 10, "train_length": 512, "status": "fit_failed: rc=1"})
+    for r in rows:
+        append_row(tmp_path / "results.jsonl", r)
+    paper = analyze(tmp_path, None).thresholds[0]
+    assert (paper.t_forget, paper.censored) == (64, "at_or_below")
+    soft = analyze(tmp_path, None, criterion="rise:0.5").thresholds[0]
+    assert (soft.t_forget, soft.censored) == (128, "none")
+    assert [t for t, _ in soft.runs] == [64, 128, 256]  # the failed run is left out
+    assert main(["analyze", "scaling", str(tmp_path), "--criterion", "rise:x", "--no-plots"]) == 2
+    assert "criterion" in capsys.readouterr().err
+
+
 def test_results_table_skips_bad_lines_and_keeps_the_last_row_of_a_cell(tmp_path):
     p = tmp_path / "results.jsonl"
     append_row(p, {"cell": "a", "state_size": 1, "train_length": 64, "learned_to_forget": False})

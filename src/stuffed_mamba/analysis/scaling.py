@@ -33,6 +33,7 @@ class ScalingReport:
     recall_fit: ExponentialLaw | None = None
     notes: list[str] = field(default_factory=list)
     plots: list[Path] = field(default_factory=list)
+    criterion: str = "paper"
 
     def as_dict(self) -> dict[str, Any]:
         def law(l):
@@ -43,7 +44,7 @@ class ScalingReport:
                     "x_unit": l.x_unit, "y_unit": l.y_unit}
 
         return {
-            "n_rows": len(self.rows), "skipped_rows": self.skipped,
+            "n_rows": len(self.rows), "skipped_rows": self.skipped, "criterion": self.criterion,
             "units": {"state_size": self.x_unit, "length": self.y_unit},
             "thresholds": [t.as_dict() for t in self.thresholds],
             "forget_fit": law(self.forget_fit), "recall_fit": law(self.recall_fit),
@@ -65,11 +66,14 @@ def analyze(
     *,
     units: str = "auto",
     plots: bool = True,
+    criterion: str = "paper",
 ) -> ScalingReport:
+    """criterion: "paper" (learned_to_forget, section 4.2) or "rise:X" (see thresholds.verdict)."""
     rows, skipped = read_results(results)
+    rows = [r for r in rows if r.get("status", "ok") == "ok"]
     if not rows:
-        raise ValueError(f"{results}: no usable rows ({skipped} skipped)")
-    ths = thresholds(rows)
+        raise ValueError(f"{results}: no usable rows ({skipped} skipped, failed runs left out)")
+    ths = thresholds(rows, criterion)
     if units == "paper":
         x_unit, y_unit = PAPER_UNITS
     elif units == "auto":
@@ -77,7 +81,7 @@ def analyze(
         y_unit = pick_unit([r["train_length"] for r in rows])
     else:
         raise ValueError(f"units must be auto or paper, not {units!r}")
-    rep = ScalingReport(rows, skipped, ths, x_unit, y_unit)
+    rep = ScalingReport(rows, skipped, ths, x_unit, y_unit, criterion=criterion)
 
     exact = [t for t in ths if t.censored == "none"]
     for t in ths:
@@ -119,8 +123,30 @@ def analyze(
             if any(t.t_recall is not None for t in ths) or any("t_recall" in r for r in rows):
                 rep.plots.append(plot_recall_law(ths, out / "recall_law.png", fit=rep.recall_fit, paper=paper_r,
                                                  x_unit=x_unit, y_unit=y_unit))
+            rep.plots.extend(_position_loss_plots(results, rows, out))
         (out / "scaling.json").write_text(json.dumps(rep.as_dict(), indent=2, default=_jsonable))
     return rep
+
+
+def _position_loss_plots(results, rows, out: Path) -> list[Path]:
+    """Figure 10 per model size, from the runs' position_loss.json (when the sweep folder has them)."""
+    from stuffed_mamba.analysis.plots import plot_position_loss
+
+    root = Path(results)
+    root = root if root.is_dir() else root.parent
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for r in sorted(rows, key=lambda r: int(r["train_length"])):
+        f = root / "runs" / str(r.get("cell")) / "position_loss.json"
+        if r.get("cell") and f.is_file():
+            c = json.loads(f.read_text())
+            c["label"] = f"T_train={r['train_length']}"
+            by_model.setdefault(str(r.get("model")), []).append(c)
+    return [
+        plot_position_loss(curves, out / f"position_loss_{model}.png",
+                           title=f"{model} (N_S = {next(int(r['state_size']) for r in rows if str(r.get('model')) == model):,}): "
+                                 "loss vs position")
+        for model, curves in by_model.items()
+    ]
 
 
 def _rescaled(law, x_unit: float, y_unit: float):
@@ -141,7 +167,8 @@ def _jsonable(v):
 
 def format_report(rep: ScalingReport) -> str:
     xu, yu = unit_name(rep.x_unit), unit_name(rep.y_unit)
-    lines = [f"{len(rep.rows)} runs" + (f" ({rep.skipped} unusable rows skipped)" if rep.skipped else ""), ""]
+    lines = [f"{len(rep.rows)} runs" + (f" ({rep.skipped} unusable rows skipped)" if rep.skipped else "")
+             + f"; learned to forget by criterion: {rep.criterion}", ""]
     runs = {t.state_size: " ".join(f"{tt}{'+' if ok else ('-' if ok is False else '?')}" for tt, ok in t.runs)
             for t in rep.thresholds}
     w = max([len("runs: T_train (+ forgets)")] + [len(r) for r in runs.values()])

@@ -36,17 +36,45 @@ class Threshold:
         }
 
 
-def thresholds(rows: Iterable[dict[str, Any]]) -> list[Threshold]:
+def parse_criterion(criterion: str) -> float | None:
+    """None for "paper" (the row's learned_to_forget), X for "rise:X"."""
+    if criterion == "paper":
+        return None
+    if criterion.startswith("rise:"):
+        try:
+            return float(criterion[5:])
+        except ValueError:
+            pass
+    raise ValueError(f"criterion must be 'paper' or 'rise:X' (X in nats), not {criterion!r}")
+
+
+def verdict(row: dict[str, Any], criterion: str = "paper") -> bool | None:
+    """Did this run learn to forget?
+
+    "paper": the row's `learned_to_forget` (section 4.2: the loss beyond T_train never exceeds
+    2x the maximum loss within it). "rise:X": the mean loss over the last quarter of the
+    evaluation context exceeds the mean loss over [T_train/2, T_train) by at most X nats
+    (`late_loss_rise`), a softer test for losses that keep creeping up without doubling.
+    """
+    x = parse_criterion(criterion)
+    if x is None:
+        return _bool(row.get("learned_to_forget"))
+    rise = row.get("late_loss_rise")
+    return None if rise in (None, "") else float(rise) <= x
+
+
+def thresholds(rows: Iterable[dict[str, Any]], criterion: str = "paper") -> list[Threshold]:
     """One Threshold per state size, sorted by N_S."""
+    parse_criterion(criterion)
     groups: dict[int, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(int(r["state_size"]), []).append(r)
-    return [_threshold(n_s, rs) for n_s, rs in sorted(groups.items())]
+    return [_threshold(n_s, rs, criterion) for n_s, rs in sorted(groups.items())]
 
 
-def _threshold(n_s: int, rows: list[dict[str, Any]]) -> Threshold:
+def _threshold(n_s: int, rows: list[dict[str, Any]], criterion: str) -> Threshold:
     names = sorted({str(r.get("model")) for r in rows if r.get("model")})
-    runs = sorted((int(r["train_length"]), _bool(r.get("learned_to_forget"))) for r in rows)
+    runs = sorted((int(r["train_length"]), verdict(r, criterion)) for r in rows)
     known = [(t, ok) for t, ok in runs if ok is not None]
     recalls = [int(r["t_recall"]) for r in rows if r.get("t_recall") not in (None, "")]
     t_recall = max(recalls) if recalls else None

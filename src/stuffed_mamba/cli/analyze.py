@@ -42,6 +42,10 @@ def add_parser(subparsers) -> None:
                                                "(default: next to RESULTS)")
     c.add_argument("--units", choices=("auto", "paper"), default="auto",
                    help="auto: N_S and T in M/K/1 chosen by the data; paper: M floats, K tokens")
+    c.add_argument("--criterion", default="paper",
+                   help="when a run learned to forget: 'paper' (section 4.2: the loss beyond T_train never exceeds "
+                        "2x the max within it) or 'rise:X' (the late loss exceeds the loss just before T_train by "
+                        "at most X nats)")
     c.add_argument("--no-plots", action="store_true")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(func=_scaling)
@@ -148,7 +152,7 @@ def _scaling(args) -> int:
     if out is None:
         out = args.results if os.path.isdir(args.results) else os.path.dirname(os.path.abspath(args.results))
     try:
-        rep = analyze(args.results, out, units=args.units, plots=not args.no_plots)
+        rep = analyze(args.results, out, units=args.units, plots=not args.no_plots, criterion=args.criterion)
     except (ValueError, FileNotFoundError) as e:
         raise CLIError(str(e)) from None
     if args.json:

@@ -25,7 +25,7 @@ def results_path(recipe: SweepRecipe, out_dir: str | Path | None = None) -> Path
 
 
 def fit_command(base: Path, cell: Cell) -> list[str]:
-    return [sys.executable, "-m", "stuffed_mamba", "fit", str(base), *cell.overrides]
+    return [sys.executable, "-m", "stuffed_mamba", "fit", os.path.normpath(base), *cell.overrides]
 
 
 def run_fit(base: Path, cell: Cell, *, timeout_s: float | None, in_process: bool = False) -> tuple[int, float]:
