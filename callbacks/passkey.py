@@ -33,6 +33,15 @@ class PasskeyCallback(ProbeCallback):
         self.samples, self.repeats = int(samples), int(repeats)
         self.last_r = [int(r) for r in last_r]
         self.prefill_chunk, self.max_new_tokens, self.seed = int(prefill_chunk), int(max_new_tokens), int(seed)
+        if not self.lengths:
+            raise ValueError("probes.passkey.lengths is empty")
+        if tokenizer is not None:  # a length too short for the prompt's own text fails now, not at step N
+            from stuffed_mamba.probes.passkey import make_prompt
+
+            try:
+                make_prompt(tokenizer, min(self.lengths), 0.0, "00000")
+            except ValueError as e:
+                raise ValueError(f"probes.passkey.lengths: {e}") from None
 
     def run_probe(self, model, deadline):
         from stuffed_mamba.probes.passkey import evaluate_passkey

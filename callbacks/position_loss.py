@@ -23,14 +23,20 @@ class PositionLossCallback(ProbeCallback):
     ):
         """eval_text: called once on rank 0, returns the evaluation token ids [n, T]."""
         super().__init__(every_n_steps=every_n_steps, time_budget_s=time_budget_s, run_dir=run_dir)
-        self._eval_text, self._ids = eval_text, None
+        self._eval_text, self._ids, self._load_error = eval_text, None, None
         self.train_length, self.buckets, self.prefill_chunk = int(train_length), int(buckets), int(prefill_chunk)
 
     def run_probe(self, model, deadline):
         from stuffed_mamba.probes.position_loss import loss_per_position
 
         if self._ids is None:
-            self._ids = self._eval_text()
+            if self._load_error is not None:  # do not rescan the corpus at every probe
+                raise RuntimeError(self._load_error)
+            try:
+                self._ids = self._eval_text()
+            except Exception as e:
+                self._load_error = f"cannot load the evaluation text: {type(e).__name__}: {e}"
+                raise RuntimeError(self._load_error) from None
         return loss_per_position(model, self._ids, chunk_size=self.prefill_chunk, deadline=deadline)
 
     def log_result(self, writer, loss, step):

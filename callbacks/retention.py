@@ -22,7 +22,7 @@ class RetentionCallback(ProbeCallback):
     ):
         """probe_text: called once on rank 0, returns the probe token ids [n, T]."""
         super().__init__(every_n_steps=every_n_steps, time_budget_s=time_budget_s, run_dir=run_dir)
-        self._probe_text, self._ids = probe_text, None
+        self._probe_text, self._ids, self._load_error = probe_text, None, None
         self.train_length = int(train_length)
         self.thresholds = [float(x) for x in thresholds]
 
@@ -30,7 +30,13 @@ class RetentionCallback(ProbeCallback):
         from stuffed_mamba.probes.retention import first_token_retention
 
         if self._ids is None:
-            self._ids = self._probe_text()
+            if self._load_error is not None:  # do not rescan the corpus at every probe
+                raise RuntimeError(self._load_error)
+            try:
+                self._ids = self._probe_text()
+            except Exception as e:
+                self._load_error = f"cannot load the probe text: {type(e).__name__}: {e}"
+                raise RuntimeError(self._load_error) from None
         device = next(model.parameters()).device
         return first_token_retention(model, self._ids.to(device)).cpu()  # [L, H, T]
 

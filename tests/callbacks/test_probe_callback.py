@@ -150,3 +150,21 @@ def test_build_callbacks_from_config():
     assert build_callbacks(ProbesConfig(enabled=False), tokenizer=None, data_cfg=data) == []
     with pytest.raises(Exception, match="nope"):
         build_callbacks({"passkey": {"nope": 1}}, tokenizer=None, data_cfg=data)
+
+
+def test_passkey_lengths_too_short_fail_at_build():
+    data = SimpleNamespace(train_length=128, source="nowhere", listing=None)
+    with pytest.raises(ValueError, match="probes.passkey.lengths: .*too short"):
+        build_callbacks({"passkey": {"lengths": [100, 1000]}}, tokenizer=ByteTok(), data_cfg=data)
+
+
+def test_missing_evaluation_text_is_reported_once_then_cached():
+    calls = []
+
+    def no_text():
+        calls.append(1)
+        raise ValueError("only 0 evaluation sequence(s)")
+
+    cb = PositionLossCallback(no_text, 50, every_n_steps=1)
+    drive(cb, [1, 2, 3])
+    assert cb.failures == 3 and len(calls) == 1 and "evaluation text" in cb.last_error
