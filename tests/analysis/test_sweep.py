@@ -111,6 +111,7 @@ def test_two_tiny_runs_end_to_end(tmp_path, capsys):
     rep = analyze(tmp_path / "out", tmp_path / "out")
     assert sorted(t.state_size for t in rep.thresholds) == sorted(r["state_size"] for r in rows)
     assert (tmp_path / "out" / "forget_law.png").exists()
+    assert (tmp_path / "out" / "position_loss_n8.png").exists() and (tmp_path / "out" / "results.csv").exists()
     assert main(["analyze", "scaling", str(tmp_path / "out" / "results.jsonl")]) == 0
 
 

@@ -18,7 +18,7 @@ from stuffed_mamba.analysis.fits import (
     PAPER_T_FORGET, PAPER_T_RECALL, PAPER_UNITS, ExponentialLaw, LinearLaw,
     fit_exponential, fit_linear, pick_unit, unit_name,
 )
-from stuffed_mamba.analysis.results import read_results
+from stuffed_mamba.analysis.results import read_results, write_csv
 from stuffed_mamba.analysis.thresholds import Threshold, thresholds
 
 
@@ -124,6 +124,7 @@ def analyze(
                 rep.plots.append(plot_recall_law(ths, out / "recall_law.png", fit=rep.recall_fit, paper=paper_r,
                                                  x_unit=x_unit, y_unit=y_unit))
             rep.plots.extend(_position_loss_plots(results, rows, out))
+        write_csv(rows, out / "results.csv")
         (out / "scaling.json").write_text(json.dumps(rep.as_dict(), indent=2, default=_jsonable))
     return rep
 
