@@ -109,6 +109,7 @@ def fit(
     from stuffed_mamba.training.requeue import RequeueOnSignal
 
     say = rank_zero_only(log)
+    quiet_lightning()
     run_dir = Path(cfg.run.dir)
     ckpt_dir = checkpoint_dir(run_dir)
     resume_from = resolve_resume(cfg.run.resume, run_dir)
@@ -166,6 +167,31 @@ def fit(
         nonfinite_skipped=module.nonfinite_total,
         requeued=bool(requeue and requeue.requeued),
     )
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's notes about things this recipe does on purpose."""
+    import logging
+    import warnings
+
+    for pattern in (
+        ".*`dataloader_iter`.*",  # we fetch episodes ourselves, on purpose (exact resume)
+        ".*isinstance\\(treespec, LeafSpec\\).*",
+        ".*The `srun` command is available.*",
+        ".*'set_vital' is deprecated.*",
+    ):
+        warnings.filterwarnings("ignore", message=pattern)
+    class DropTips(logging.Filter):
+        def filter(self, record):
+            return "Tip: For seamless" not in record.getMessage()
+
+    rank_zero_logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(type(f).__name__ == "DropTips" for f in rank_zero_logger.filters):
+        rank_zero_logger.addFilter(DropTips())
+    for name in ("lightning.pytorch.trainer.connectors.checkpoint_connector",
+                 "lightning.pytorch.trainer.connectors.logger_connector.logger_connector",
+                 "lightning.pytorch.trainer.connectors.callback_connector"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

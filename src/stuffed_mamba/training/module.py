@@ -179,6 +179,11 @@ class TBPTTModule(L.LightningModule):
             # keep only the last value, at a step that is not the optimiser step.
             self.logger.log_metrics(metrics, step=self.global_step)
         self.last_metrics = metrics
+        if self.trainer.progress_bar_callback is None and self.trainer.is_global_zero:
+            # batch jobs (Slurm logs) get one line per logged episode instead of a bar
+            loss = metrics.get("train/loss", float("nan"))
+            print(f"step {self.global_step} episode {self.episodes_done} loss {loss:.4f} lr {metrics['train/lr']:.3g} "
+                  f"tokens/s {metrics['train/tokens_per_s']:.0f}", flush=True)
 
     # ------------------------------------------------------------------ optimiser
 

@@ -1,0 +1,59 @@
+"""A bad recipe key, a wrong type and an impossible value each give a one-line error naming it."""
+
+import subprocess
+import sys
+
+import pytest
+
+from stuffed_mamba.training.config import ConfigError, load_recipe
+
+TINY = "recipes/tiny_cpu.yaml"
+
+
+@pytest.mark.parametrize(
+    "override, names",
+    [
+        ("optim.learning_rate=1e-3", "optim.learning_rate"),  # unknown key
+        ("data.segmnts=4", "data.segmnts"),  # unknown key in the data engineer's section
+        ("probes.passkey.lenghts=[1]", "probes.passkey.lenghts"),  # ... and in the probes' section
+        ("optim.lr=fast", "optim.lr"),  # wrong type
+        ("trainer.max_steps=1.5", "trainer.max_steps"),  # wrong type
+        ("optim.lr=-1", "optim.lr"),  # impossible value
+        ("optim.warmup_steps=480", "optim.warmup_steps"),  # impossible: warm-up >= total
+        ("data.segments=0", "data.segments"),  # impossible, checked by DataConfig
+        ("trainer.strategy=fsdp", "trainer.strategy"),
+        ("trainer.precision=16-mixed", "trainer.precision"),
+    ],
+)
+def test_errors_are_one_line_and_name_the_key(override, names):
+    with pytest.raises(ConfigError) as e:
+        load_recipe(TINY, [override])
+    msg = str(e.value)
+    assert names in msg
+    assert "\n" not in msg
+
+
+def test_impossible_combinations():
+    with pytest.raises(ConfigError, match="optim.optimizer_step"):
+        load_recipe(TINY, ["trainer.strategy=deepspeed", "optim.optimizer_step=episode"])
+    with pytest.raises(ConfigError, match="trainer.deepspeed.offload_parameters"):
+        load_recipe(TINY, ["trainer.deepspeed.offload_parameters=true"])
+    with pytest.raises(ConfigError, match="model.n_layer"):
+        load_recipe(TINY, ["model.n_layer=null"])
+
+
+def test_overrides_merge_and_keep_types():
+    cfg = load_recipe(TINY, ["optim.lr=1e-4", "trainer.devices=2", "run.resume=auto"])
+    assert cfg.optim.lr == 1e-4 and cfg.trainer.devices == 2 and cfg.run.resume == "auto"
+    assert cfg.data.segments == 12
+
+
+def test_cli_prints_one_line_and_exits_2_before_building_anything(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "stuffed_mamba", "fit", TINY, "optim.nope=1", f"run.dir={tmp_path}/run"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 2
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert lines == ["stuffed-mamba fit: error: unknown recipe key 'optim.nope'"]
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,108 @@
+"""Resume is exact: N steps + resume to 2N == 2N uninterrupted steps, bit for bit on CPU
+(weights, optimiser, logged losses, data position), and what max_steps inside an episode does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stuffed_mamba.training.fit import fit
+from tests.training.common import load_ckpt, scalars, tiny_recipe
+from tests.training.fakes import FakeEpisodeLoader
+
+S = 3
+
+
+def fake(rank, world_size):
+    return FakeEpisodeLoader(batch_size=2, segments=S, train_length=16, rank=rank, world_size=world_size)
+
+
+def assert_same_checkpoint(a, b):
+    sa, sb = a["state_dict"], b["state_dict"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    oa, ob = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    assert oa.keys() == ob.keys()
+    for i in oa:
+        for k in oa[i]:
+            assert torch.equal(torch.as_tensor(oa[i][k]), torch.as_tensor(ob[i][k])), (i, k)
+    assert a["global_step"] == b["global_step"]
+    assert deep_equal(a["data_state_per_rank"], b["data_state_per_rank"])
+
+
+def deep_equal(a, b) -> bool:
+    import numpy as np
+
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.array_equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(deep_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(deep_equal(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def run(run_dir, *overrides, factory=fake):
+    return fit(tiny_recipe(run_dir, *overrides), loader_factory=factory, log=lambda s: None)
+
+
+def test_resume_is_bit_exact(tmp_path):
+    N = 4 * S
+    straight = run(tmp_path / "straight", f"trainer.max_steps={2 * N}")
+    first = run(tmp_path / "split", f"trainer.max_steps={N}")
+    assert first.global_step == N
+    second = run(tmp_path / "split", f"trainer.max_steps={2 * N}", "run.resume=auto")
+    assert second.global_step == straight.global_step == 2 * N
+    assert second.episodes == straight.episodes == 2 * N // S  # counted across the resume
+
+    a = load_ckpt(tmp_path / "straight/checkpoints/last.ckpt")
+    b = load_ckpt(tmp_path / "split/checkpoints/last.ckpt")
+    assert_same_checkpoint(a, b)
+    # the data position continues, it neither repeats nor skips an episode
+    assert b["data_state_per_rank"] == [{"next_index": 2 * N // S}]
+
+    la, lb = scalars(tmp_path / "straight", "loss"), scalars(tmp_path / "split", "loss")
+    assert la.keys() == lb.keys() and len(la) == S
+    for tag in la:
+        assert sorted(la[tag]) == list(range(S, 2 * N + 1, S))
+        assert la[tag] == lb[tag], tag  # bit for bit
+    ta, tb = scalars(tmp_path / "straight", "train/loss"), scalars(tmp_path / "split", "train/loss")
+    assert ta == tb
+
+
+def test_a_plain_training_step_would_skip_an_episode(tmp_path):
+    """Why training_step takes the iterator: the fake loader counts what it handed out, and the
+    saved position equals the episodes trained on (Lightning's prefetch would make it one more)."""
+    run(tmp_path / "r", f"trainer.max_steps={2 * S}")
+    ckpt = load_ckpt(tmp_path / "r/checkpoints/last.ckpt")
+    assert ckpt["tbptt"]["episodes_done"] == 2
+    assert ckpt["data_state_per_rank"] == [{"next_index": 2}]
+
+
+def test_max_steps_inside_an_episode_finishes_the_episode(tmp_path):
+    """trainer.max_steps counts optimiser steps and is checked between episodes: a stop inside an
+    episode completes it (global_step rounds up to a multiple of S) and checkpoints there."""
+    r = run(tmp_path / "r", "trainer.max_steps=7")
+    assert r.global_step == 9 and r.episodes == 3
+    ckpt = load_ckpt(tmp_path / "r/checkpoints/last.ckpt")
+    assert ckpt["global_step"] == 9
+    # resuming with a max_steps already reached trains nothing more
+    again = run(tmp_path / "r", "trainer.max_steps=8", "run.resume=auto")
+    assert again.global_step == 9 and again.episodes == 3
+
+
+@pytest.mark.slow
+def test_resume_with_the_real_pipeline_is_bit_exact(tmp_path):
+    """The same with data/sample through the real StatefulDataLoader pipeline."""
+    data = ["data.tokenizer=data/sample/tokenizer.json", "data.min_doc_tokens=1024", "data.train_length=32"]
+    straight = run(tmp_path / "straight", "trainer.max_steps=12", *data, factory=None)
+    run(tmp_path / "split", "trainer.max_steps=6", *data, factory=None)
+    run(tmp_path / "split", "trainer.max_steps=12", "run.resume=auto", *data, factory=None)
+    assert straight.global_step == 12
+    a = load_ckpt(tmp_path / "straight/checkpoints/last.ckpt")
+    b = load_ckpt(tmp_path / "split/checkpoints/last.ckpt")
+    assert_same_checkpoint(a, b)
+    assert scalars(tmp_path / "straight", "loss") == scalars(tmp_path / "split", "loss")
