@@ -86,10 +86,15 @@ class EpisodeCheckpoint(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if step // self.every_n_steps > self._last_saved // self.every_n_steps:
+        due = step // self.every_n_steps > self._last_saved // self.every_n_steps
+        # The final save happens here, at the last batch end, not in on_train_end: by then
+        # Lightning has marked the epoch finished, and a resume would stop at once.
+        last = 0 < trainer.max_steps <= step or trainer.should_stop
+        if due or (last and step != self._last_saved):
             self.save(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        # only when the data ran out before max_steps (the epoch did end)
         if trainer.global_step != self._last_saved or not self.last_path.exists():
             self.save(trainer, pl_module)
 

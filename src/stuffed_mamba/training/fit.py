@@ -115,9 +115,10 @@ def fit(
     resume_from = resolve_resume(cfg.run.resume, run_dir)
 
     # Under Slurm the warning signal can come at any time: catch it before anything slow.
+    checkpoints = EpisodeCheckpoint(ckpt_dir, cfg.run.checkpoint_every_n_steps, cfg.run.keep_every_n_steps)
     requeue = None
     if cfg.run.requeue_on_signal and "SLURM_JOB_ID" in os.environ:
-        requeue = RequeueOnSignal(ckpt_dir)
+        requeue = RequeueOnSignal(ckpt_dir, saver=checkpoints.save)
         requeue.install()
 
     # 1. tokenizer and model (same seed on every rank: identical initial weights)
@@ -126,7 +127,8 @@ def fit(
     model = build_model(cfg, tokenizer)
 
     # 2. callbacks: checkpoints, requeue, probes
-    callbacks = [EpisodeCheckpoint(ckpt_dir, cfg.run.checkpoint_every_n_steps, cfg.run.keep_every_n_steps)]
+    # order matters at a batch end: the periodic save, then the requeue agreement, then probes
+    callbacks = [checkpoints]
     if requeue is not None:
         callbacks.append(requeue)
     if cfg.probes.enabled:

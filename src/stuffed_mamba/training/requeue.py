@@ -25,8 +25,13 @@ from stuffed_mamba.training.checkpoint import LAST, save_atomically
 
 
 class RequeueOnSignal(L.Callback):
-    def __init__(self, checkpoint_dir: str | os.PathLike, signum: int = signal.SIGUSR1, requeue: bool = True):
+    """`saver(trainer, pl_module)` writes last.ckpt (the run's EpisodeCheckpoint.save, so both agree
+    on what was saved last); without one, last.ckpt is written here."""
+
+    def __init__(self, checkpoint_dir: str | os.PathLike, signum: int = signal.SIGUSR1, requeue: bool = True,
+                 saver=None):
         self.checkpoint_dir = Path(checkpoint_dir)
+        self.saver = saver
         self.signum = signum
         self.requeue = requeue
         self.flag = False
@@ -54,7 +59,11 @@ class RequeueOnSignal(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not self._any_rank_flagged(trainer):
             return
-        save_atomically(trainer, self.checkpoint_dir / LAST)
+        # saved before the requeue: `scontrol requeue` ends this job
+        if self.saver is not None:
+            self.saver(trainer, pl_module)
+        else:
+            save_atomically(trainer, self.checkpoint_dir / LAST)
         if trainer.is_global_zero:
             self._requeue_job()
         self.requeued = True
