@@ -30,6 +30,9 @@ FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT
                 "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 
 
+PERIODIC_TIMEOUT = 30  # s between slurmctld's time-limit checks (a compile-time constant of Slurm)
+
+
 class SlurmUnavailable(RuntimeError):
     """This machine cannot run a private Slurm cluster (the tests skip with this reason)."""
 
@@ -96,10 +99,7 @@ class SlurmCluster:
         try:
             self._start_munge()
             self._write_config()
-            self._spawn("slurmctld", ["slurmctld", "-D", "-f", str(self.conf),
-                                      "-L", str(self.root / "log" / "slurmctld.log")])
-            self._wait(lambda: self._run(["scontrol", "ping"], check=False).returncode == 0,
-                       timeout, "slurmctld did not answer `scontrol ping`")
+            self._start_controller(timeout)
             for n in self.nodes:
                 self._spawn(f"slurmd-{n}", ["slurmd", "-D", "-N", n, "-f", str(self.conf),
                                             "-L", str(self.root / "log" / f"slurmd-{n}.log")])
@@ -108,6 +108,24 @@ class SlurmCluster:
             self.stop()
             raise
         return self
+
+    def _start_controller(self, timeout: float = 30.0) -> None:
+        self._spawn("slurmctld", ["slurmctld", "-D", "-f", str(self.conf),
+                                  "-L", str(self.root / "log" / "slurmctld.log")])
+        self._wait(lambda: self._run(["scontrol", "ping"], check=False).returncode == 0,
+                   timeout, "slurmctld did not answer `scontrol ping`")
+
+    def restart_controller(self) -> float:
+        """Stop slurmctld (it saves its state) and start it again; jobs carry on. Returns the
+        time.time() of the start: slurmctld checks time limits (and sends `--signal=SIG@N`
+        warnings that are due) every PERIODIC_TIMEOUT s counted from its start, so after a
+        restart the next check is known to the second."""
+        p = self.procs.pop("slurmctld")
+        p.terminate()
+        p.wait(30)
+        t = time.time()
+        self._start_controller()
+        return t
 
     def _start_munge(self) -> None:
         key = self.root / "munge" / "munge.key"
@@ -265,6 +283,9 @@ PartitionName={self.partition} Nodes={','.join(self.nodes)} Default=YES MaxTime=
             j = self.job(job_id)
             if until(j):
                 return j
+            if j["JobState"] in FINAL_STATES:
+                raise RuntimeError(f"job {job_id} ended {j['JobState']} (ExitCode={j.get('ExitCode')}, "
+                                   f"Restarts={j.get('Restarts')}) before the awaited state")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {j.get('JobState')} after {timeout:.0f} s "
                                    f"(Reason={j.get('Reason')})\n{self.logs()}")
