@@ -124,3 +124,22 @@ def test_a_failing_fit_is_recorded_not_fatal(tmp_path, capsys):
     assert not (tmp_path / "out" / "runs" / "n8_T16" / "result.json").exists()  # retried next time
     table, _ = read_results(tmp_path / "out")
     assert table[0]["status"].startswith("fit_failed")
+
+
+def test_reshard_keeps_the_corpus_and_feeds_more_rows(tmp_path, capsys):
+    from stuffed_mamba.sweep.reshard import reshard
+
+    out = reshard(ROOT / "data" / "sample", tmp_path / "r24", 24)
+    assert out["shards"] == 24 and not out["skipped"]
+    assert reshard(ROOT / "data" / "sample", tmp_path / "r24", 24)["skipped"]  # written once
+    counts = []
+    for src in (ROOT / "data" / "sample", tmp_path / "r24"):
+        assert main(["data", "inspect", str(src), "--json", "--min-doc-tokens", "1024"]) == 0
+        counts.append(json.loads(capsys.readouterr().out))
+    assert counts[1]["shards_read"] == 24
+    # the same documents survive dedup and the length filter, with the same tokens
+    assert (counts[1]["kept"], counts[1]["tokens"]) == (counts[0]["kept"], counts[0]["tokens"])
+    # a sweep with `reshard` trains every cell on the copy
+    path = write_sweep(tmp_path)
+    recipe, base = load_sweep(path, [f"reshard.out={tmp_path / 'r24'}", "reshard.shards=24"])
+    assert f"data.source={tmp_path / 'r24'}" in expand(recipe, base)[0].overrides

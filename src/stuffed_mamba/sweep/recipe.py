@@ -12,6 +12,7 @@
                                     # {warmup_steps} (10% of max_steps), {model}, {cell}, {run_dir}
                                     # are filled in per cell
     eval: {...}                     # see EvalConfig
+    reshard: {source: data/sample, out: runs/sample_64, shards: 64}   # optional, see reshard.py
 
 Each cell becomes one `stuffed-mamba fit BASE override...` run with `run.dir` set to
 `{out_dir}/runs/{cell}`; cells are numbered models-major (cell i = model i // n_lengths,
@@ -36,6 +37,7 @@ class Keys:
     max_steps: str = "trainer.max_steps"
     optimizer_step: str = "optim.optimizer_step"  # "segment": one step per segment, "episode": per episode
     run_dir: str = "run.dir"
+    source: str = "data.source"
     model: str = "model"  # prefix of the model-size overrides
 
 
@@ -65,6 +67,15 @@ class EvalConfig:
 
 
 @dataclass
+class ReshardConfig:
+    """Re-split a small local corpus into `shards` shards (see sweep/reshard.py) and train on it."""
+
+    source: str = "data/sample"
+    out: str = "???"
+    shards: int = 64
+
+
+@dataclass
 class SweepRecipe:
     base: str = "???"
     out_dir: str = "???"
@@ -78,6 +89,7 @@ class SweepRecipe:
     keys: Keys = field(default_factory=Keys)
     eval: EvalConfig = field(default_factory=EvalConfig)
     fit_timeout_minutes: Optional[float] = None
+    reshard: Optional[ReshardConfig] = None  # when set, every cell trains on the re-sharded copy
 
 
 @dataclass(frozen=True)
@@ -167,6 +179,8 @@ def expand(recipe: SweepRecipe, base: Path, out_dir: str | Path | None = None) -
         for t in recipe.train_lengths:
             name = f"{model}_T{t}"
             pre = [f"{k.model}.{f}={v}" for f, v in fields.items()]
+            if recipe.reshard is not None:
+                pre.append(f"{k.source}={recipe.reshard.out}")
             pre.append(f"{k.train_length}={t}")
             if recipe.batch_tokens:
                 shared = pre + [o for o in recipe.overrides if "{" not in o]

@@ -172,6 +172,14 @@ def run_sweep(
 ) -> list[dict[str, Any]]:
     rows = []
     t0 = time.perf_counter()
+    if recipe.reshard is not None:
+        from stuffed_mamba.sweep.reshard import reshard
+
+        r = recipe.reshard
+        done = reshard(r.source, r.out, r.shards)
+        if not done["skipped"]:
+            log(f"[sweep] re-sharded {r.source} into {r.out}: {done['documents']} documents, "
+                f"{done['shards']} shards ({done['bad']} unreadable skipped)")
     for i, cell in enumerate(cells):
         log(f"[sweep] cell {i + 1}/{len(cells)} ({time.perf_counter() - t0:.0f} s elapsed)")
         rows.append(run_cell(recipe, base, cell, out_dir=out_dir, force=force, in_process=in_process, log=log))
