@@ -63,8 +63,8 @@ def plot_forget_law(
     ax.scatter([], [], marker="x", color="tab:red", label="did not learn to forget")
     ax.scatter([], [], marker="D", facecolors="none", edgecolors="black",
                label="T_forget (^ above / v at or below the sweep)")
-    ax.set_xlabel(f"state size N_S ({unit_name(x_unit)} floats)")
-    ax.set_ylabel(f"training length T_train ({unit_name(y_unit)} tokens)")
+    ax.set_xlabel(f"state size N_S ({unit_name(x_unit)} floats)".replace("( ", "("))
+    ax.set_ylabel(f"training length T_train ({unit_name(y_unit)} tokens)".replace("( ", "("))
     ax.set_title("Forget threshold vs state size (paper fig. 11)")
     ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
@@ -96,8 +96,8 @@ def plot_recall_law(
         _law_curve(ax, fit, xs, f"fit: {fit.formula()}  (R^2 = {fit.r2:.3f})", "tab:blue", band=True)
     if paper is not None:
         _law_curve(ax, paper, xs, f"paper: {paper.formula()}", "tab:gray", band=False)
-    ax.set_xlabel(f"state size N_S ({unit_name(x_unit)} floats)")
-    ax.set_ylabel(f"T_recall ({unit_name(y_unit)} tokens)")
+    ax.set_xlabel(f"state size N_S ({unit_name(x_unit)} floats)".replace("( ", "("))
+    ax.set_ylabel(f"T_recall ({unit_name(y_unit)} tokens)".replace("( ", "("))
     ax.set_title("Maximum recall context vs state size (paper fig. 9)")
     ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
@@ -113,7 +113,7 @@ def plot_position_loss(curves: Sequence[dict[str, Any]], path: str | Path, *, ti
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for i, c in enumerate(curves):
-        color = plt.cm.viridis(i / max(len(curves) - 1, 1))
+        color = plt.cm.viridis(0.85 * i / max(len(curves) - 1, 1))  # the pale end is unreadable
         style = "-" if c.get("learned_to_forget", True) else "--"
         ax.plot(c["positions"], c["loss"], style, color=color, label=c["label"], lw=1.2)
         ax.axvline(c["train_length"], color=color, ls=":", lw=0.8)

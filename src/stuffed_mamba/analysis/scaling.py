@@ -183,7 +183,7 @@ def format_report(rep: ScalingReport) -> str:
         if law is None:
             continue
         se = ", ".join(f"{n}={v:.4g}+-{s:.2g}" for n, v, s in zip(_names(law), law.params, law.stderr()))
-        lines.append(f"{name} fit (N_S in {xu} floats, T in {yu} tokens): {law.formula(4)}  R^2={law.r2:.4f}  n={law.n}  [{se}]")
+        lines.append(f"{name} fit (N_S in {(xu + ' floats').strip()}, T in {(yu + ' tokens').strip()}): {law.formula(4)}  R^2={law.r2:.4f}  n={law.n}  [{se}]")
     for note in rep.notes:
         lines.append(f"note: {note}")
     for p in rep.plots:
