@@ -1,0 +1,77 @@
+"""The DeepSpeed strategy and config the recipes produce, inspected on the CPU (training under
+DeepSpeed needs CUDA: Lightning refuses a CPU accelerator, checked at the end)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+from lightning.pytorch.strategies import DeepSpeedStrategy
+
+from stuffed_mamba.training.config import load_recipe
+from stuffed_mamba.training.strategy import build_strategy
+from tests.training.common import tiny_module, tiny_recipe
+from tests.training.fakes import FakeEpisodeLoader
+
+DEEPSPEED_RECIPES = sorted(
+    str(p) for p in Path("recipes").glob("*.yaml") if "strategy: deepspeed" in p.read_text()
+)
+
+
+def formatted(cfg, module=None):
+    """What Lightning hands to deepspeed.initialize: the strategy's config after _format_config()."""
+    strategy = build_strategy(cfg)
+    assert isinstance(strategy, DeepSpeedStrategy)
+    trainer = L.Trainer(strategy=strategy, accelerator="cpu", devices=1, precision=cfg.trainer.precision,
+                        logger=False, enable_progress_bar=False, enable_model_summary=False)
+    module = module or tiny_module()
+    strategy._lightning_module = module
+    module.trainer = trainer
+    strategy._format_config()
+    return trainer, module, strategy.config
+
+
+def test_the_256k_recipes_use_deepspeed():
+    assert {Path(p).name for p in DEEPSPEED_RECIPES} >= {
+        "mamba2_130m_256k.yaml", "mamba2_370m_256k.yaml", "mamba2_780m_256k.yaml"}
+
+
+@pytest.mark.parametrize("recipe", DEEPSPEED_RECIPES)
+def test_recipe_deepspeed_config(recipe):
+    cfg = load_recipe(recipe)
+    trainer, module, config = formatted(cfg)
+    assert config["zero_optimization"]["stage"] == cfg.trainer.deepspeed.stage
+    assert config["bf16"] == {"enabled": True}
+    # clipping under manual optimisation happens only through DeepSpeed's own setting
+    assert config["gradient_clipping"] == cfg.optim.grad_clip == 1.0
+    assert config["gradient_accumulation_steps"] == 1
+    assert config["train_micro_batch_size_per_gpu"] == cfg.data.batch_size
+    assert config["zero_allow_untested_optimizer"] is True  # torch AdamW inside ZeRO
+    # no conflict with manual optimisation: Lightning's clipping is unset (it refuses it in
+    # manual mode) and the module leaves clipping to DeepSpeed
+    assert trainer.gradient_clip_val is None
+    assert not module.automatic_optimization
+    assert module._clip_gradients() is None
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_zero_stage_and_clip_come_from_the_recipe(stage):
+    cfg = load_recipe("recipes/mamba2_370m_256k.yaml", [f"trainer.deepspeed.stage={stage}", "optim.grad_clip=0.5"])
+    _, _, config = formatted(cfg)
+    assert config["zero_optimization"]["stage"] == stage
+    assert config["gradient_clipping"] == 0.5
+
+
+def test_fp32_recipe_leaves_bf16_off():
+    cfg = load_recipe("recipes/mamba2_370m_256k.yaml", ["trainer.precision=32-true"])
+    _, _, config = formatted(cfg)
+    assert config["bf16"] == {"enabled": False}
+
+
+def test_training_under_deepspeed_needs_cuda(tmp_path):
+    from stuffed_mamba.training.fit import fit
+
+    cfg = tiny_recipe(tmp_path, "trainer.strategy=deepspeed", "trainer.max_steps=3")
+    with pytest.raises(RuntimeError, match="only supported on CUDA GPUs"):
+        fit(cfg, loader_factory=lambda r, w: FakeEpisodeLoader(rank=r, world_size=w), log=lambda s: None)
