@@ -3,8 +3,8 @@
 The data pipeline gives every batch row its own shards (DESIGN section 3), so a corpus of
 18 shards (data/sample) feeds at most 18 rows. A sweep that keeps the tokens per step equal
 across training lengths (B = batch_tokens / T_train) needs B up to batch_tokens / min(T).
-This writes the same documents, exact-deduplicated, round-robin into `shards` shards of the
-RedPajama-V2 layout (tail partition: no duplicates lists needed), with one listing.
+This writes the same documents, exact-deduplicated, into `shards` shards of the RedPajama-V2
+layout balanced by size (tail partition: no duplicates lists needed), with one listing.
 """
 
 from __future__ import annotations
@@ -56,15 +56,25 @@ def reshard(source: str | Path, out: str | Path, shards: int) -> dict:
     docs, bad = read_documents(Path(source))
     if len(docs) < shards:
         raise ValueError(f"{source}: {len(docs)} documents cannot fill {shards} shards")
+    # longest first, each to the shard with the fewest bytes so far: every shard gets one of
+    # the `shards` longest documents, so no row stream is left with only short ones (which
+    # the length filter would drop, starving the row)
+    order = sorted(range(len(docs)), key=lambda i: -docs[i]["length"])
+    members: list[list[int]] = [[] for _ in range(shards)]
+    sizes = [0] * shards
+    for i in order:
+        k = min(range(shards), key=sizes.__getitem__)
+        members[k].append(i)
+        sizes[k] += docs[i]["length"]
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     tags = []
-    for i in range(shards):
-        tag = f"resharded/{i:04d}/en_tail"
+    for k in range(shards):
+        tag = f"resharded/{k:04d}/en_tail"
         path = tmp / "documents" / f"{tag}.json.gz"
         path.parent.mkdir(parents=True, exist_ok=True)
         with gzip.open(path, "wt", encoding="utf-8") as fh:
-            for d in docs[i::shards]:
-                fh.write(json.dumps(d) + "\n")
+            for i in sorted(members[k]):  # stream order within a shard as in the source
+                fh.write(json.dumps(docs[i]) + "\n")
         tags.append(tag)
     (tmp / "listings").mkdir(parents=True, exist_ok=True)
     (tmp / "listings" / "en-resharded-tail.txt").write_text("\n".join(tags) + "\n")
