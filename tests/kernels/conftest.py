@@ -2,7 +2,7 @@
 
 mamba_ssm's kernels are plain Triton: with TRITON_INTERPRET=1 they run on CPU tensors, forward and
 backward. Four things stand in the way, and the `mamba_kernels` fixture patches each for the tests
-of this package only, then undoes it:
+that ask for it, then undoes it:
 
 1. `import mamba_ssm` imports the CUDA extension `selective_scan_cuda` (unused by the SSD kernels):
    a stub module stands in for it.
@@ -11,6 +11,11 @@ of this package only, then undoes it:
 4. Triton's autotuner times every config on the GPU (`do_bench`): here it returns the same time
    for every config without running any, so the first config is chosen and then run for real.
    (Running each config once changes nothing but costs ~3 s per new shape.)
+
+A fifth patch fixes a bug of the interpreter itself: `tl.dot` of bf16 operands (see `_fix_bf16_dot`).
+
+The patches hold for the tests of one module at a time (module-scoped fixture), so the `gpu` tests
+of this package see the real Triton and kernels.
 
 TRITON_INTERPRET is read by `triton.jit` when a function is *decorated*: Triton's own library
 (`tl.cumsum`, `tl.max`, ...) at `import triton`, mamba_ssm's kernels at their import. Other packages
@@ -63,9 +68,35 @@ def _same_time_for_every_config(kernel_call, quantiles=None):
     return [1.0, 1.0, 1.0]
 
 
-@pytest.fixture(scope="package")
-def mamba_kernels():
-    """The "mamba_ssm" backend module, its Triton kernels running under the interpreter on CPU."""
+def _fix_bf16_dot() -> None:
+    """Triton 3.9's interpreter keeps bf16 as raw uint16 bits and `tl.dot` multiplies those bits as
+    integers (only fp8 operands are converted): garbage for every bf16 matmul. Widen bf16 operands to
+    fp32 exactly (bits << 16) first, as tensor cores do: products of bf16 are exact in fp32."""
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpreterBuilder, TensorHandle
+
+    create_dot = InterpreterBuilder.create_dot
+
+    def widen(h):
+        if h.dtype == tl.bfloat16:
+            return TensorHandle((h.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
+        return h
+
+    def create_dot_bf16(self, a, b, d, *args, **kwargs):
+        return create_dot(self, widen(a), widen(b), d, *args, **kwargs)
+
+    InterpreterBuilder.create_dot = create_dot_bf16
+
+
+# The interpreted Triton + mamba_ssm modules, imported once per process and put back in
+# sys.modules by each test module that uses them (importing them costs ~5 s of CPU).
+_INTERPRETED: dict[str, types.ModuleType] = {}
+
+
+@contextlib.contextmanager
+def interpreted_kernels():
+    """Within: the "mamba_ssm" backend module, its Triton kernels running under the interpreter."""
     saved_env = os.environ.get("TRITON_INTERPRET")
     saved_stub = sys.modules.get("selective_scan_cuda")
     saved_device, saved_props = torch.cuda.device, torch.cuda.get_device_properties
@@ -75,15 +106,21 @@ def mamba_kernels():
         sys.modules["selective_scan_cuda"] = types.ModuleType("selective_scan_cuda")
         torch.cuda.device = _null_device
         torch.cuda.get_device_properties = _cpu_properties
-        # The fresh Triton's autotuner class: patching it leaves the original untouched.
-        from triton.runtime.autotuner import Autotuner
+        if _INTERPRETED:
+            sys.modules.update(_INTERPRETED)
+        else:
+            # The fresh Triton's autotuner class: patching it leaves the original untouched.
+            from triton.runtime.autotuner import Autotuner
 
-        Autotuner.do_bench = property(lambda self: _same_time_for_every_config)
+            Autotuner.do_bench = property(lambda self: _same_time_for_every_config)
+            _fix_bf16_dot()
         yield importlib.import_module(BACKEND_MODULE)
     finally:
-        # The interpreted copies stay in sys.modules under another name: dropped from it, they are
-        # finalised out of order at exit and Triton's nanobind extension prints "leaked" warnings.
-        for name, module in _pop_swapped_modules().items():
+        interpreted = _pop_swapped_modules()
+        _INTERPRETED.update(interpreted)
+        # They also stay in sys.modules under another name: dropped from it, they are finalised
+        # out of order at exit and Triton's nanobind extension prints "leaked" warnings.
+        for name, module in interpreted.items():
             sys.modules[f"{RETIRED_PREFIX}{name}"] = module
         sys.modules.update(saved_modules)
         torch.cuda.device, torch.cuda.get_device_properties = saved_device, saved_props
@@ -95,3 +132,10 @@ def mamba_kernels():
             os.environ.pop("TRITON_INTERPRET", None)
         else:
             os.environ["TRITON_INTERPRET"] = saved_env
+
+
+@pytest.fixture(scope="module")
+def mamba_kernels():
+    """The "mamba_ssm" backend module on CPU, for the tests of one module (then the real world again)."""
+    with interpreted_kernels() as backend:
+        yield backend

@@ -13,6 +13,7 @@ import torch
 
 from stuffed_mamba.model import Intervention, Mamba2Config, Mamba2LM, ModelState
 from tests.helpers import rel_err
+from tests.kernels.parity import assert_kernel_bf16_no_worse_than_torch, bf16_errors, forward_backward, state_leaves
 
 TOL = 1e-3
 T = 23
@@ -41,39 +42,19 @@ def _random_state(config: Mamba2Config, batch: int) -> ModelState:
     return s.map(lambda t: (0.5 * torch.randn_like(t)).requires_grad_())
 
 
-def _leaves(state: ModelState) -> list[torch.Tensor]:
-    return [t for layer in state.layers for t in (layer.conv, layer.ssm)]
-
-
-def _run(model: Mamba2LM, ids, state0, d_logits, d_state):
-    """Forward from a copy of state0, backward of <logits, d_logits> + <final state, d_state>."""
-    state = state0.map(lambda t: t.detach().clone().requires_grad_())
-    model.zero_grad(set_to_none=True)
-    out = model(ids, state=state)
-    loss = (out.logits * d_logits).sum()
-    for t, d in zip(_leaves(out.state), d_state):
-        loss = loss + (t * d).sum()
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    return out, grads, [t.grad for t in _leaves(state)]
-
-
 def _compare(ref_model, kern_model, ids, state0):
-    out_shape = (*ids.shape, ref_model.config.vocab_size_padded)
-    d_logits = torch.randn(out_shape)
-    d_state = [torch.randn_like(t) for t in _leaves(state0)]
-    out_r, grads_r, dstate_r = _run(ref_model, ids, state0, d_logits, d_state)
-    out_k, grads_k, dstate_k = _run(kern_model, ids, state0, d_logits, d_state)
+    """{quantity: relative error of kern_model against ref_model} over logits, final state leaves,
+    every parameter's gradient ("grad <name>") and the initial state's ("grad state<i>")."""
+    d_logits = torch.randn(*ids.shape, ref_model.config.vocab_size_padded)
+    d_state = [torch.randn_like(t) for t in state_leaves(state0)]
+    logits_r, final_r, grads_r = forward_backward(ref_model, ids, state0, d_logits, d_state)
+    logits_k, final_k, grads_k = forward_backward(kern_model, ids, state0, d_logits, d_state)
 
-    errors = {"logits": rel_err(out_k.logits, out_r.logits)}
-    for i, (lk, lr) in enumerate(zip(out_k.state.layers, out_r.state.layers)):
-        assert lk.ssm.dtype == torch.float32
-        errors[f"final conv state {i}"] = rel_err(lk.conv, lr.conv)
-        errors[f"final ssm state {i}"] = rel_err(lk.ssm, lr.ssm)
+    errors = {"logits": rel_err(logits_k, logits_r)}
+    for i, (a, b) in enumerate(zip(final_k, final_r)):
+        errors[f"final {'conv' if i % 2 == 0 else 'ssm'} state {i // 2}"] = rel_err(a, b)
     for name in grads_r:
         errors[f"grad {name}"] = rel_err(grads_k[name], grads_r[name])
-    for i, (gk, gr) in enumerate(zip(dstate_k, dstate_r)):
-        errors[f"grad initial state {i // 2}.{'conv' if i % 2 == 0 else 'ssm'}"] = rel_err(gk, gr)
     return errors
 
 
@@ -85,6 +66,7 @@ def test_mamba_ssm_backend_matches_torch_logits_state_and_every_gradient(mamba_k
     errors = _compare(ref, kern, ids, state0)
     n_params = len(list(ref.named_parameters()))
     assert sum(k.startswith("grad backbone") or k.startswith("grad lm_head") for k in errors) == n_params
+    assert sum(k.startswith("grad state") for k in errors) == 2 * config.n_layer
     worst = max(errors, key=errors.get)
     print(f"\n{len(errors)} comparisons, worst {worst}: {errors[worst]:.2e}, logits {errors['logits']:.2e}")
     assert errors[worst] < TOL, f"{worst}: rel err {errors[worst]:.2e}"
@@ -136,7 +118,16 @@ def test_pieces_and_step_on_the_kernel_backend(mamba_kernels):
             pieces.append(logits[:, None])
     assert rel_err(torch.cat(pieces, dim=1), whole.logits) < 1e-4
     for got, want in zip(state.layers, whole.state.layers):
+        assert got.ssm.dtype == want.ssm.dtype == torch.float32
         assert rel_err(got.ssm, want.ssm) < 1e-4 and rel_err(got.conv, want.conv) < 1e-6
+
+
+def test_bf16_parity_on_the_interpreter(mamba_kernels):
+    """bf16 weights: the kernels' error against fp32 is no worse than the torch backend's own.
+
+    (The `gpu` test does the same on CUDA at larger sizes.)"""
+    errors = bf16_errors(_config(n_layer=1), "cpu", T=20, batch=1)
+    assert_kernel_bf16_no_worse_than_torch(errors)
 
 
 @pytest.mark.parametrize("backend", ["torch", "mamba_ssm"])
@@ -147,7 +138,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(mamba_kernels, backend)
     ids = torch.randint(0, config.vocab_size, (1, T))
     labels = torch.randint(0, config.vocab_size, (1, T))
     state0 = _random_state(config, 1).detach()
-    d_state = [torch.randn_like(t) for t in _leaves(state0)]
+    d_state = [torch.randn_like(t) for t in state_leaves(state0)]
 
     results = {}
     for ckpt in (False, True):
@@ -155,10 +146,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(mamba_kernels, backend)
         model.zero_grad(set_to_none=True)
         state = state0.map(lambda t: t.clone().requires_grad_())
         out = model(ids, state=state, labels=labels)
-        loss = out.loss + sum((t * d).sum() for t, d in zip(_leaves(out.state), d_state))
+        loss = out.loss + sum((t * d).sum() for t, d in zip(state_leaves(out.state), d_state))
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-        grads.update({f"state{i}": t.grad for i, t in enumerate(_leaves(state))})
+        grads.update({f"state{i}": t.grad for i, t in enumerate(state_leaves(state))})
         results[ckpt] = (out.loss.detach(), grads)
 
     assert rel_err(results[True][0], results[False][0]) < 1e-6
