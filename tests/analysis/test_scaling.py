@@ -53,6 +53,9 @@ def test_rise_criterion_uses_the_late_loss_rise(tmp_path, capsys):
     soft = analyze(tmp_path, None, criterion="rise:0.5").thresholds[0]
     assert (soft.t_forget, soft.censored) == (128, "none")
     assert [t for t, _ in soft.runs] == [64, 128, 256]  # the failed run is left out
+    assert main(["analyze", "scaling", str(tmp_path), "--criterion", "rise:0.5", "--no-plots", "--markdown"]) == 0
+    md = capsys.readouterr().out
+    assert "| c64 | 10 | 64 |" in md and "| 10 | 64- 128+ 256+ | 128 | none |" in md
     assert main(["analyze", "scaling", str(tmp_path), "--criterion", "rise:x", "--no-plots"]) == 2
     assert "criterion" in capsys.readouterr().err
 

@@ -191,6 +191,32 @@ def format_report(rep: ScalingReport) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(rep: ScalingReport) -> str:
+    """The runs and thresholds as Markdown tables (for docs/results.md)."""
+    from stuffed_mamba.analysis.thresholds import verdict
+
+    def f(v, spec=".3f"):
+        return "" if v is None else (format(v, spec) if isinstance(v, float) else str(v))
+
+    out = ["| cell | N_S | T_train | steps | final train loss | max loss <= T_train | max loss > T_train | ratio "
+           "| learned_to_forget (2x) | late loss rise | forgets by " + rep.criterion + " | passkey acc | T_recall |",
+           "|" + "---|" * 13]
+    for r in sorted(rep.rows, key=lambda r: (int(r["state_size"]), int(r["train_length"]))):
+        acc = r.get("passkey_accuracy") or {}
+        out.append("| " + " | ".join([
+            str(r.get("cell", "")), f"{int(r['state_size']):,}", str(r["train_length"]), f(r.get("max_steps")),
+            f(r.get("final_train_loss")), f(r.get("max_loss_within")), f(r.get("max_loss_beyond")),
+            f(r.get("loss_ratio"), ".2f"), f(r.get("learned_to_forget")), f(r.get("late_loss_rise"), "+.3f"),
+            f(verdict(r, rep.criterion)), " ".join(f"{k}:{v:.2f}" for k, v in acc.items()), f(r.get("t_recall")),
+        ]) + " |")
+    out += ["", f"| N_S | runs (T_train, + forgets by {rep.criterion}) | T_forget | T_recall |", "|---|---|---|---|"]
+    for t in rep.thresholds:
+        runs = " ".join(f"{tt}{'+' if ok else ('-' if ok is False else '?')}" for tt, ok in t.runs)
+        tf = "n/a" if t.t_forget is None else {"none": "", "above": "> ", "at_or_below": "<= "}[t.censored] + str(t.t_forget)
+        out.append(f"| {t.state_size:,} | {runs} | {tf} | {t.t_recall if t.t_recall is not None else 'none'} |")
+    return "\n".join(out)
+
+
 def paper_predictions(n_s_floats) -> tuple[np.ndarray, np.ndarray]:
     """(T_forget, T_recall) in tokens by the paper's laws."""
     return PAPER_T_FORGET.tokens(n_s_floats), PAPER_T_RECALL.tokens(n_s_floats)

@@ -48,6 +48,7 @@ def add_parser(subparsers) -> None:
                         "at most X nats)")
     c.add_argument("--no-plots", action="store_true")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.add_argument("--markdown", action="store_true", help="also print the runs and thresholds as Markdown tables")
     c.set_defaults(func=_scaling)
 
 
@@ -145,7 +146,7 @@ def _sweep(args) -> int:
 
 
 def _scaling(args) -> int:
-    from stuffed_mamba.analysis.scaling import analyze, format_report
+    from stuffed_mamba.analysis.scaling import analyze, format_markdown, format_report
     from stuffed_mamba.cli import CLIError
 
     out = args.out
@@ -159,4 +160,7 @@ def _scaling(args) -> int:
         print(json.dumps(rep.as_dict(), indent=2, default=str))
     else:
         print(format_report(rep))
+    if args.markdown:
+        print()
+        print(format_markdown(rep))
     return 0
