@@ -75,6 +75,18 @@ def test_recipe_model_section_and_init_from(tmp_path):
     assert resolve(tmp_path / "r.yaml").state_size == by_hand(64, 2, N=16, P=16)
     (tmp_path / "r2.yaml").write_text("model:\n  init_from: 780m\n")
     assert resolve(tmp_path / "r2.yaml").state_size == 19_353_600
+    # an official checkpoint folder not downloaded here is known by its name
+    (tmp_path / "r3.yaml").write_text("model:\n  init_from: checkpoints/mamba2-370m\n")
+    assert resolve(tmp_path / "r3.yaml").state_size == resolve("370m").state_size
+
+
+def test_every_shipped_recipe_has_a_state_size():
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
+    assert recipes
+    for r in recipes:
+        assert resolve(r).state_size > 0, r
 
 
 def test_cli_prints_official_sizes(capsys):

@@ -160,6 +160,11 @@ def resolve(spec: Any, *, base_dir: Path | None = None) -> StateSize:
     if path.is_dir():
         path = path / "config.json"
     if not path.exists():
+        # a recipe's init_from names a checkpoint folder not downloaded here: an official one
+        # is known by its name (checkpoints/mamba2-370m, state-spaces/mamba2-370m)
+        official = Path(str(spec).rstrip("/")).name.lower().removeprefix("mamba2-")
+        if official in OFFICIAL_SIZES:
+            return from_fields(OFFICIAL_SIZES[official], name=f"mamba2-{official}")
         raise ValueError(f"{spec}: not a size name ({', '.join(OFFICIAL_SIZES)}) nor an existing file")
     if path.suffix == ".json":
         try:

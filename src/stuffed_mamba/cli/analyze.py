@@ -74,10 +74,11 @@ def _state_size(args) -> int:
     if args.json:
         print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
         return 0
-    print(f"{'config':<22} {'d_model':>7} {'layers':>6} {'N':>4} {'P':>3} {'H':>4} "
+    w = max(22, *(len(d["name"]) for d in reports))
+    print(f"{'config':<{w}} {'d_model':>7} {'layers':>6} {'N':>4} {'P':>3} {'H':>4} "
           f"{'N_S (floats)':>14} {'N_S':>7} {'T_forget*':>10} {'T_recall*':>10}")
     for d in reports:
-        print(f"{d['name'][:22]:<22} {d['d_model']:>7} {d['n_layer']:>6} {d['d_state']:>4} {d['headdim']:>3} "
+        print(f"{d['name']:<{w}} {d['d_model']:>7} {d['n_layer']:>6} {d['d_state']:>4} {d['headdim']:>3} "
               f"{d['nheads']:>4} {d['state_size']:>14,} {d['state_size'] / 1e6:>6.2f}M "
               f"{_k(d['predicted_t_forget']):>10} {_k(d['predicted_t_recall']):>10}")
     print("N_S = n_layer * (H*P*N + (d_inner + 2*ngroups*N) * (d_conv-1)): SSM plus conv states.\n"
