@@ -3,16 +3,18 @@
 #
 #   sbatch slurm/train_370m_256k.sh [key=value ...]             from the repository root
 #   RECIPE=recipes/my.yaml sbatch slurm/train_370m_256k.sh      another recipe, same resources
-#   sbatch -p gpu --nodes=4 slurm/train_370m_256k.sh trainer.num_nodes=4
+#   sbatch --nodes=2 slurm/train_370m_256k.sh trainer.num_nodes=2   two nodes: twice the tokens per step
 #
 # Resources and environment only: every hyper-parameter lives in the recipe. --nodes and
 # --ntasks-per-node must equal the recipe's trainer.num_nodes and trainer.devices (Lightning
-# refuses otherwise); change both together. 90 s before the time limit (or on
-# `scancel --signal=USR1`) the ranks save {run.dir}/checkpoints/last.ckpt at an episode
-# boundary and requeue the job, which resumes from it (run.resume=auto). See docs/slurm.md.
+# refuses otherwise): change both together. The recipe's 1 node x 8 GPUs make its ~0.5M
+# tokens per optimiser step (GPUs x data.batch_size x data.train_length).
+# 90-120 s before the time limit (or on `scancel --signal=USR1`) the ranks save
+# {run.dir}/checkpoints/last.ckpt at an episode boundary and requeue the job, which resumes
+# from it (run.resume=auto). See docs/slurm.md.
 #
 #SBATCH --job-name=mamba2-370m-256k
-#SBATCH --nodes=2
+#SBATCH --nodes=1
 #SBATCH --ntasks-per-node=8
 #SBATCH --gpus-per-node=8
 #SBATCH --cpus-per-task=8
