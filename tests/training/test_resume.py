@@ -109,3 +109,21 @@ def test_resume_with_the_real_pipeline_is_bit_exact(tmp_path):
     b = load_ckpt(tmp_path / "split/checkpoints/last.ckpt")
     assert_same_checkpoint(a, b)
     assert scalars(tmp_path / "straight", "loss") == scalars(tmp_path / "split", "loss")
+
+
+def test_each_rank_resumes_from_its_own_data_position():
+    """Lightning restores rank 0's loader state on every rank; the module swaps in the rank's own."""
+    from types import SimpleNamespace
+
+    from tests.training.common import tiny_module
+
+    module = tiny_module()
+    for rank in (0, 1):
+        ckpt = {"data_state_per_rank": [{"pos": "rank0"}, {"pos": "rank1"}], "world_size": 2,
+                "loops": {"fit_loop": {"state_dict": {"combined_loader": [{"pos": "rank0"}]}}}}
+        module._trainer = SimpleNamespace(global_rank=rank, world_size=2)
+        module.on_load_checkpoint(ckpt)
+        assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"pos": f"rank{rank}"}]
+    module._trainer = SimpleNamespace(global_rank=0, world_size=4)
+    with pytest.raises(RuntimeError, match="written by 2 ranks, this run has 4"):
+        module.on_load_checkpoint(ckpt)

@@ -224,8 +224,8 @@ class TBPTTModule(L.LightningModule):
                 )
             if states[rank] is not None:
                 # Lightning restores the loader from rank 0's state; put this rank's own in its place.
-                loops = checkpoint.setdefault("loops", {}).setdefault("fit_loop", {})
-                loops["combined_loader"] = [states[rank]]
+                fit_loop = checkpoint.setdefault("loops", {}).setdefault("fit_loop", {})
+                fit_loop.setdefault("state_dict", {})["combined_loader"] = [states[rank]]
         rngs = checkpoint.get("rng_per_rank")
         if rngs is not None and len(rngs) == world:
             torch.set_rng_state(rngs[rank])
