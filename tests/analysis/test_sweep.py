@@ -107,6 +107,13 @@ def test_two_tiny_runs_end_to_end(tmp_path, capsys):
     # a second pass skips finished cells (resume of an interrupted sweep)
     assert main(["analyze", "sweep", str(path), "--cell", "0"]) == 0
     assert "already done" in capsys.readouterr().out
+    # evaluating again with other eval settings: no training, the new row supersedes the old
+    assert main(["analyze", "sweep", str(path), "eval.position_loss.sequences=1", "--cell", "0,1", "--reevaluate"]) == 0
+    assert "n8_T32: no finished fit" in capsys.readouterr().out
+    again, _ = read_results(tmp_path / "out")
+    assert len(again) == 2 and {r["cell"]: r["eval_sequences"] for r in again} == {"n8_T16": 1, "n16_T32": 2}
+    assert not (tmp_path / "out" / "runs" / "n8_T32").exists()
+    rows = again
     # the analyzer reads the table: thresholds per state size, plots written
     rep = analyze(tmp_path / "out", tmp_path / "out")
     assert sorted(t.state_size for t in rep.thresholds) == sorted(r["state_size"] for r in rows)

@@ -33,6 +33,8 @@ def add_parser(subparsers) -> None:
     w.add_argument("--list", action="store_true", help="print the cells and their fit commands, run nothing")
     w.add_argument("--count", action="store_true", help="print the number of cells (for sbatch --array=0-<count-1>)")
     w.add_argument("--force", action="store_true", help="rerun cells that already have a result.json")
+    w.add_argument("--reevaluate", action="store_true",
+                   help="evaluate finished fits again with the recipe's current eval: settings (no training)")
     w.add_argument("--no-analyze", action="store_true", help="skip `analyze scaling` after the cells")
     w.set_defaults(func=_sweep)
 
@@ -130,8 +132,9 @@ def _sweep(args) -> int:
             print(f"{c.index:>3} {c.name}: {' '.join(fit_command(base, c)[1:])}")
         return 0
     chosen = _select(cells, args.cell) if args.cell is not None else cells
-    rows = run_sweep(recipe, base, chosen, force=args.force, log=lambda m: print(m, flush=True))
-    bad = [r["cell"] for r in rows if r.get("status") != "ok"]
+    rows = run_sweep(recipe, base, chosen, force=args.force, reevaluate=args.reevaluate,
+                     log=lambda m: print(m, flush=True))
+    bad = [r["cell"] for r in rows if r.get("status") not in ("ok", "not_fitted")]
     if not args.no_analyze and args.cell is None:
         from stuffed_mamba.analysis.scaling import analyze, format_report
 

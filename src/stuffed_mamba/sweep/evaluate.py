@@ -34,13 +34,14 @@ def evaluate_checkpoint(ckpt: Path, base: Path, cell: Cell, cfg: EvalConfig) -> 
     model = load_model(ckpt)
     model.eval()
     T_train = cell.train_length
-    source = base_value(base, "data.source", cell.overrides)
+    source = cfg.position_loss.source or base_value(base, "data.source", cell.overrides)
     tok_spec = base_value(base, "data.tokenizer", cell.overrides)
     tokenizer = load_tokenizer(tok_spec)
     n_ctx = eval_length(cfg, T_train)
 
     t0 = time.perf_counter()
-    ids = load_eval_sequences(source, tokenizer, n=cfg.position_loss.sequences, length=n_ctx + 1)
+    ids = load_eval_sequences(source, tokenizer, n=cfg.position_loss.sequences, length=n_ctx + 1,
+                              min_doc_tokens=cfg.position_loss.min_doc_tokens)
     ids = torch.as_tensor(ids, dtype=torch.long)
     loss = loss_per_position(model, ids, chunk_size=cfg.position_loss.chunk_size)  # [n_ctx]
     s = loss_summary(loss, T_train)

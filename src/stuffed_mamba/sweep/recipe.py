@@ -49,6 +49,10 @@ class PositionLossEval:
     min_multiple: float = 4.0  # ... and never fewer than min_multiple x T_train
     sequences: int = 4  # sequences averaged (the paper: 128)
     chunk_size: int = 2048  # prefill chunk (state carried between chunks)
+    # each sequence starts at a document of at least this many tokens, followed by the next
+    # ones when shorter than `length` (appendix F: 16K)
+    min_doc_tokens: int = 16384
+    source: Optional[str] = None  # evaluation corpus; None = the cell's data.source
 
 
 @dataclass

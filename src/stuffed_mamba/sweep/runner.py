@@ -88,11 +88,19 @@ def run_cell(
     out_dir: str | Path | None = None,
     force: bool = False,
     in_process: bool = False,
+    reevaluate: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Fit, evaluate and record one cell; returns its results row."""
+    """Fit, evaluate and record one cell; returns its results row.
+
+    reevaluate: evaluate a finished fit again (e.g. after changing the recipe's `eval:`),
+    never training; its new row supersedes the old one in the results table.
+    """
     done = cell.run_dir / "result.json"
-    if done.exists() and not force:
+    if reevaluate and not (cell.run_dir / "fit.done").exists():
+        log(f"[sweep] {cell.name}: no finished fit to evaluate again")
+        return {"cell": cell.name, "status": "not_fitted"}
+    if done.exists() and not force and not reevaluate:
         log(f"[sweep] {cell.name}: already done ({done})")
         return json.loads(done.read_text())
     segments = int(base_value(base, recipe.keys.segments, cell.overrides) or 1)
@@ -106,7 +114,7 @@ def run_cell(
     }
     ckpt = cell.run_dir / "checkpoints" / "last.ckpt"
     fit_done = cell.run_dir / "fit.done"
-    if force or not fit_done.exists():
+    if (force and not reevaluate) or not fit_done.exists():
         log(f"[sweep] {cell.name}: fit (N_S={row['state_size']:,}, T_train={cell.train_length}, steps={max_steps})")
         timeout = recipe.fit_timeout_minutes * 60 if recipe.fit_timeout_minutes else None
         rc, secs = run_fit(base, cell, timeout_s=timeout, in_process=in_process)
@@ -168,6 +176,7 @@ def run_sweep(
     out_dir: str | Path | None = None,
     force: bool = False,
     in_process: bool = False,
+    reevaluate: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     rows = []
@@ -182,6 +191,7 @@ def run_sweep(
                 f"{done['shards']} shards ({done['bad']} unreadable skipped)")
     for i, cell in enumerate(cells):
         log(f"[sweep] cell {i + 1}/{len(cells)} ({time.perf_counter() - t0:.0f} s elapsed)")
-        rows.append(run_cell(recipe, base, cell, out_dir=out_dir, force=force, in_process=in_process, log=log))
+        rows.append(run_cell(recipe, base, cell, out_dir=out_dir, force=force, in_process=in_process,
+                             reevaluate=reevaluate, log=log))
     log(f"[sweep] {len(cells)} cells in {time.perf_counter() - t0:.0f} s")
     return rows
