@@ -50,11 +50,11 @@ def test_256k_recipes_hold_the_papers_values(size):
     assert max(cfg.probes.passkey.lengths) == 262144
 
 
-@pytest.mark.parametrize("size", sorted(CONTINUED))
-def test_256k_recipes_build_at_tiny_size(size, tmp_path):
-    """The recipe as written, with a tiny official-format checkpoint as init_from."""
-    tiny = Mamba2LM(Mamba2Config(d_model=32, n_layer=2, vocab_size=300, d_state=16, headdim=16, chunk_size=16))
-    tiny.save_pretrained(tmp_path / "ckpt", format="mamba_ssm")
+@pytest.mark.parametrize("size, fmt", [("130m", "mamba_ssm"), ("370m", "hf"), ("780m", "mamba_ssm")])
+def test_256k_recipes_build_at_tiny_size(size, fmt, tmp_path):
+    """The recipe as written, with a tiny official-format (or transformers) checkpoint as init_from."""
+    tiny = Mamba2LM(Mamba2Config(d_model=32, n_layer=2, vocab_size=304, d_state=16, headdim=16, chunk_size=16))
+    tiny.save_pretrained(tmp_path / "ckpt", format=fmt)
     cfg = load_recipe(f"recipes/mamba2_{size}_256k.yaml",
                       [f"model.init_from={tmp_path / 'ckpt'}", "model.backend=torch", "data.tokenizer=bytes"])
 
@@ -70,6 +70,19 @@ def test_256k_recipes_build_at_tiny_size(size, tmp_path):
     assert groups[0]["weight_decay"] == 0.1 and groups[1]["weight_decay"] == 0.0
     lines = startup_report(cfg, model, world_size=8, resume_from=None, recipe="x")
     assert any(line.startswith("deepspeed ") and '"gradient_clipping": 1.0' in line for line in lines)
+
+
+def test_startup_report_warns_below_the_forgetting_threshold(tmp_path):
+    """370M's N_S predicts T_forget = 62.3K: T_train = 8K gets a warning, the recipe's 64K none."""
+    with torch.device("meta"):  # shapes only: no 1.5 GB of weights
+        model = Mamba2LM(Mamba2Config(d_model=1024, n_layer=48, vocab_size=50277))
+    for length, warned in ((8192, True), (65536, False)):
+        cfg = load_recipe("recipes/mamba2_370m_256k.yaml", [f"data.train_length={length}"])
+        lines = startup_report(cfg, model, world_size=8, resume_from=None, recipe="x")
+        assert any(line.startswith("WARNING: train_length 8192") for line in lines) == warned
+        assert "state size   N_S = 12,914,688 floats (12.915M: SSM 12,582,912 + conv 331,776)" in lines
+        assert "parameters   368," in "\n".join(lines)
+        assert any(line.startswith(f"tokens/step  {length * 8:,}") for line in lines)
 
 
 @pytest.mark.parametrize("recipe", [p for p in RECIPES if p.endswith("_scratch.yaml")])
