@@ -127,3 +127,14 @@ def test_each_rank_resumes_from_its_own_data_position():
     module._trainer = SimpleNamespace(global_rank=0, world_size=4)
     with pytest.raises(RuntimeError, match="written by 2 ranks, this run has 4"):
         module.on_load_checkpoint(ckpt)
+
+
+def test_checkpoints_land_on_episode_boundaries_and_history_is_kept(tmp_path):
+    """checkpoint_every_n_steps=4 with S=3: saved at the first episode boundaries past 4, 8, 12
+    (steps 6, 9, 12); keep_every_n_steps=6 keeps copies at 6 and 12; no temporary file is left."""
+    import os
+
+    r = run(tmp_path, "trainer.max_steps=12", "run.checkpoint_every_n_steps=4", "run.keep_every_n_steps=6")
+    assert r.global_step == 12
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["last.ckpt", "step-0000006.ckpt", "step-0000012.ckpt"]
+    assert load_ckpt(tmp_path / "checkpoints/step-0000006.ckpt")["global_step"] == 6
