@@ -105,7 +105,7 @@ def test_tensorboard_has_probe_scalars_images_and_layout(runs):
 
 @pytest.mark.parametrize("argv,files", [
     (["passkey", "--lengths", "300,600", "--samples", "2", "--max-new-tokens", "3", "--last-r", "400"],
-     ["passkey.json", "passkey.txt", "passkey_heatmap.png"]),
+     ["passkey.json", "passkey.txt", "passkey_heatmap.png", "passkey_last_r.png"]),
     (["retention", "--length", "192"], ["retention.json", "retention.txt", "retention.png"]),
     (["states", "--length", "192", "--points", "6"], ["states.json", "states.txt", "states.png"]),
     (["loss", "--length", "150", "--samples", "1", "--min-doc-tokens", "1024", "--buckets", "6",

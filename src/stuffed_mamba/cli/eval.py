@@ -193,7 +193,7 @@ def _passkey(ctx: _Ctx, args) -> int:
     import torch
 
     from stuffed_mamba.probes.passkey import evaluate_passkey
-    from stuffed_mamba.probes.plots import passkey_heatmap, save
+    from stuffed_mamba.probes.plots import passkey_heatmap, passkey_last_r, save
     from stuffed_mamba.probes.tables import passkey_table
 
     if args.samples < 1 or args.repeats < 1:
@@ -219,7 +219,9 @@ def _passkey(ctx: _Ctx, args) -> int:
         tables.append(passkey_table(res, args.last_r, title=f"passkey retrieval, intervention: {name}"))
         png = f"passkey_heatmap{_suffix(spec, len(ctx.interventions))}.png"
         save(passkey_heatmap(res, title=f"passkey [{name}]"), ctx.out / png)
-        pngs.append(png)
+        png_r = f"passkey_last_r{_suffix(spec, len(ctx.interventions))}.png"
+        save(passkey_last_r(res, args.last_r, title=f"needle within the last r tokens [{name}]"), ctx.out / png_r)
+        pngs += [png, png_r]
     first = next(iter(runs.values()))
     payload = {"intervention": next(iter(runs)), **first}
     if len(runs) > 1:

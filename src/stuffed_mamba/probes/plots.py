@@ -131,3 +131,24 @@ def state_curves(stats, train_length: Optional[int] = None, heads: int = 8):
         ax.set_xlabel("t")
     fig.tight_layout()
     return fig
+
+
+def passkey_last_r(result, last_r, title: str = "needle within the last r tokens"):
+    """Accuracy vs context length, one curve per r, over the trials whose needle lies in the last r
+    tokens (figures 13b/d, 14)."""
+    plt = _plt()
+    lengths = list(result.accuracy_by_length())
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for r in last_r:
+        acc = [result.last_r_accuracy(r, T) for T in lengths]
+        pts = [(j, a) for j, a in enumerate(acc) if a is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=f"r = {_fmt_len(r)}")
+    ax.set_xticks(range(len(lengths)), [_fmt_len(T) for T in lengths])
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("context length")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
