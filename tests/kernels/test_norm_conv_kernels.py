@@ -73,6 +73,17 @@ def test_causal_conv1d_with_state(mamba_kernels):
     _check_conv(mamba_kernels.causal_conv1d, T=2)
 
 
+def test_torch_conv_stand_in_is_logged_once(mamba_kernels, monkeypatch, caplog):
+    """Without causal-conv1d the conv runs in PyTorch: said once, not silently, not every call."""
+    monkeypatch.setattr(mamba_kernels, "causal_conv1d_fn", None)
+    monkeypatch.setattr(mamba_kernels, "_logged_conv_fallback", False)
+    x, w, bias, h0 = _conv_inputs()
+    with caplog.at_level("WARNING", logger=mamba_kernels.__name__):
+        for _ in range(3):
+            mamba_kernels.causal_conv1d(x, w, bias, initial_state=h0)
+    assert sum("causal-conv1d is not installed" in r.getMessage() for r in caplog.records) == 1
+
+
 def _channel_last_causal_conv1d_fn(x, weight, bias=None, initial_states=None, activation=None):
     """A stand-in with causal-conv1d's contract and layout checks, computed with F.conv1d.
 

@@ -106,7 +106,10 @@ def causal_conv1d(
     if causal_conv1d_fn is None:
         global _logged_conv_fallback
         if not _logged_conv_fallback:
-            log.info("causal-conv1d is not installed: the mamba_ssm backend uses the torch conv1d")
+            log.warning(
+                "causal-conv1d is not installed: the mamba_ssm backend runs the short convolution in "
+                'PyTorch (slower on GPUs; pip install -e ".[cuda]" installs it)'
+            )
             _logged_conv_fallback = True
         return _torch_causal_conv1d(x, weight, bias, initial_state=initial_state)
 
