@@ -98,6 +98,12 @@ class EpisodeCheckpoint(L.Callback):
         if trainer.global_step != self._last_saved or not self.last_path.exists():
             self.save(trainer, pl_module)
 
+    def save_unless_current(self, trainer, pl_module) -> bool:
+        """For the requeue handler: last.ckpt may already be this step's (saved a moment ago)."""
+        if trainer.global_step == self._last_saved and self.last_path.exists():
+            return True
+        return self.save(trainer, pl_module)
+
     def save(self, trainer, pl_module) -> bool:
         # While non-finite steps are being skipped, keep the checkpoint from before the first one.
         if getattr(pl_module, "nonfinite_streak", 0) > 0:

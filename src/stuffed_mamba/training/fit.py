@@ -118,7 +118,7 @@ def fit(
     checkpoints = EpisodeCheckpoint(ckpt_dir, cfg.run.checkpoint_every_n_steps, cfg.run.keep_every_n_steps)
     requeue = None
     if cfg.run.requeue_on_signal and "SLURM_JOB_ID" in os.environ:
-        requeue = RequeueOnSignal(ckpt_dir, saver=checkpoints.save)
+        requeue = RequeueOnSignal(ckpt_dir, saver=checkpoints.save_unless_current)
         requeue.install()
 
     # 1. tokenizer and model (same seed on every rank: identical initial weights)
