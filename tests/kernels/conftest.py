@@ -8,9 +8,11 @@ that ask for it, then undoes it:
    a stub module stands in for it.
 2. The kernel launchers run inside `torch.cuda.device(x.device.index)`: a null context.
 3. Some launchers size their grids by `torch.cuda.get_device_properties(...).multi_processor_count`.
-4. Triton's autotuner times every config on the GPU (`do_bench`): here it returns the same time
-   for every config without running any, so the first config is chosen and then run for real.
-   (Running each config once changes nothing but costs ~3 s per new shape.)
+4. Triton's autotuner times every config on the GPU (`do_bench`). Here no config is timed: the
+   autotuner's pruning keeps one config, by default the one with the smallest blocks (the
+   interpreter's cost grows with the block size: 3-4x faster than the first, largest config, with
+   the same results), and `do_bench` returns the same time for all, in case it is still reached.
+   `autotune_choice("first")` switches to the first config, for tests of that path.
 
 A fifth patch fixes a bug of the interpreter itself: `tl.dot` of bf16 operands (see `_fix_bf16_dot`).
 
@@ -68,6 +70,63 @@ def _same_time_for_every_config(kernel_call, quantiles=None):
     return [1.0, 1.0, 1.0]
 
 
+_CONFIG_CHOICE = ["smallest"]  # which autotune config the interpreted kernels run: "smallest" | "first"
+
+
+def _block_volume(config) -> int:
+    volume = 1
+    for key, value in config.kwargs.items():
+        if key.startswith("BLOCK_SIZE"):
+            volume *= value
+    return volume
+
+
+def _patch_autotuner(Autotuner) -> None:
+    prune_configs = Autotuner.prune_configs
+
+    def prune_to_one(self, kwargs):
+        configs = prune_configs(self, kwargs)
+        if _CONFIG_CHOICE[0] == "first":
+            return configs[:1]
+        return [min(configs, key=_block_volume)]
+
+    Autotuner.prune_configs = prune_to_one
+    Autotuner.do_bench = property(lambda self: _same_time_for_every_config)
+
+
+def _clear_autotune_caches() -> None:
+    Autotuner = sys.modules["triton.runtime.autotuner"].Autotuner
+    for name, module in list(sys.modules.items()):
+        if name.startswith("mamba_ssm"):
+            for value in list(vars(module).values()):
+                if isinstance(value, Autotuner):
+                    value.cache.clear()
+
+
+def chosen_configs() -> dict[str, str]:
+    """{kernel: the config its autotuner ran last} over mamba_ssm's interpreted kernels."""
+    Autotuner = sys.modules["triton.runtime.autotuner"].Autotuner
+    return {
+        f"{name}.{attr}": str(value.best_config)
+        for name, module in list(sys.modules.items())
+        if name.startswith("mamba_ssm")
+        for attr, value in list(vars(module).items())
+        if isinstance(value, Autotuner) and getattr(value, "best_config", None) is not None
+    }
+
+
+@contextlib.contextmanager
+def autotune_choice(choice: str):
+    """Within (and inside `mamba_kernels`): the interpreted kernels run autotune config `choice`."""
+    _CONFIG_CHOICE[0] = choice
+    _clear_autotune_caches()
+    try:
+        yield
+    finally:
+        _CONFIG_CHOICE[0] = "smallest"
+        _clear_autotune_caches()
+
+
 def _fix_bf16_dot() -> None:
     """Triton 3.9's interpreter keeps bf16 as raw uint16 bits and `tl.dot` multiplies those bits as
     integers (only fp8 operands are converted): garbage for every bf16 matmul. Widen bf16 operands to
@@ -112,7 +171,7 @@ def interpreted_kernels():
             # The fresh Triton's autotuner class: patching it leaves the original untouched.
             from triton.runtime.autotuner import Autotuner
 
-            Autotuner.do_bench = property(lambda self: _same_time_for_every_config)
+            _patch_autotuner(Autotuner)
             _fix_bf16_dot()
         yield importlib.import_module(BACKEND_MODULE)
     finally:

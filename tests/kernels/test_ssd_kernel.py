@@ -97,3 +97,26 @@ def test_state_passed_between_calls_equals_one_call(mamba_kernels):
     y2, h2 = mamba_kernels.ssd(**second, chunk_size=16)
     assert rel_err(torch.cat([y1, y2], dim=1), y) < 1e-5
     assert rel_err(h2, hT) < 1e-5
+
+
+@pytest.mark.slow
+def test_first_autotune_configs_too(mamba_kernels):
+    """The tests run each kernel's smallest-block config; the first (largest-block) configs give the
+    same forward and gradients. (The GPU's autotuner may pick either.)"""
+    from tests.kernels.conftest import autotune_choice, chosen_configs
+
+    inp = _inputs(b=1, T=24)
+    dy = torch.randn_like(inp["x"])
+    results, configs = {}, {}
+    for choice in ("smallest", "first"):
+        with autotune_choice(choice):
+            leaves = {k: v.clone().requires_grad_() for k, v in inp.items()}
+            y, hT = mamba_kernels.ssd(**leaves, chunk_size=16)
+            ((y * dy).sum() + hT.sum()).backward()
+            results[choice] = [y, hT] + [leaves[k].grad for k in inp]
+            configs[choice] = chosen_configs()
+    changed = [k for k in configs["first"] if configs["first"][k] != configs["smallest"].get(k)]
+    print(f"\n{len(changed)} of {len(configs['first'])} autotuned kernels ran another config")
+    assert len(changed) >= 5, configs  # the forward and backward kernels really ran other tiles
+    for a, b in zip(results["first"], results["smallest"]):
+        assert rel_err(a, b) < 1e-5
