@@ -1,8 +1,13 @@
 """Resume is exact: N steps + resume to 2N == 2N uninterrupted steps, bit for bit on CPU
-(weights, optimiser, logged losses, data position), and what max_steps inside an episode does."""
+(weights, optimiser, logged losses, data position), also after a Slurm USR1 requeue; and what
+max_steps inside an episode does."""
 
 from __future__ import annotations
 
+import os
+import signal
+
+import lightning as L
 import pytest
 import torch
 
@@ -49,37 +54,76 @@ def run(run_dir, *overrides, factory=fake):
     return fit(tiny_recipe(run_dir, *overrides), loader_factory=factory, log=lambda s: None)
 
 
-def test_resume_is_bit_exact(tmp_path):
-    N = 4 * S
-    straight = run(tmp_path / "straight", f"trainer.max_steps={2 * N}")
+N = 4 * S  # optimiser steps of the first half
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """2N steps without interruption: the reference of every resume below."""
+    run_dir = tmp_path_factory.mktemp("straight")
+    result = run(run_dir, f"trainer.max_steps={2 * N}")
+    return run_dir, result
+
+
+def test_resume_is_bit_exact(tmp_path, straight):
+    straight_dir, straight_result = straight
     first = run(tmp_path / "split", f"trainer.max_steps={N}")
     assert first.global_step == N
+    # the saved data position is exactly the episodes trained on: with a plain training_step(batch)
+    # Lightning would have prefetched one more and the resume would skip it
+    half = load_ckpt(tmp_path / "split/checkpoints/last.ckpt")
+    assert half["tbptt"]["episodes_done"] == N // S and half["data_state_per_rank"] == [{"next_index": N // S}]
     second = run(tmp_path / "split", f"trainer.max_steps={2 * N}", "run.resume=auto")
-    assert second.global_step == straight.global_step == 2 * N
-    assert second.episodes == straight.episodes == 2 * N // S  # counted across the resume
+    assert second.global_step == straight_result.global_step == 2 * N
+    assert second.episodes == straight_result.episodes == 2 * N // S  # counted across the resume
 
-    a = load_ckpt(tmp_path / "straight/checkpoints/last.ckpt")
+    a = load_ckpt(straight_dir / "checkpoints/last.ckpt")
     b = load_ckpt(tmp_path / "split/checkpoints/last.ckpt")
     assert_same_checkpoint(a, b)
-    # the data position continues, it neither repeats nor skips an episode
-    assert b["data_state_per_rank"] == [{"next_index": 2 * N // S}]
+    assert b["data_state_per_rank"] == [{"next_index": 2 * N // S}]  # neither repeats nor skips
 
-    la, lb = scalars(tmp_path / "straight", "loss"), scalars(tmp_path / "split", "loss")
+    la, lb = scalars(straight_dir, "loss"), scalars(tmp_path / "split", "loss")
     assert la.keys() == lb.keys() and len(la) == S
     for tag in la:
         assert sorted(la[tag]) == list(range(S, 2 * N + 1, S))
         assert la[tag] == lb[tag], tag  # bit for bit
-    ta, tb = scalars(tmp_path / "straight", "train/loss"), scalars(tmp_path / "split", "train/loss")
-    assert ta == tb
+    assert scalars(straight_dir, "train/loss") == scalars(tmp_path / "split", "train/loss")
 
 
-def test_a_plain_training_step_would_skip_an_episode(tmp_path):
-    """Why training_step takes the iterator: the fake loader counts what it handed out, and the
-    saved position equals the episodes trained on (Lightning's prefetch would make it one more)."""
-    run(tmp_path / "r", f"trainer.max_steps={2 * S}")
-    ckpt = load_ckpt(tmp_path / "r/checkpoints/last.ckpt")
-    assert ckpt["tbptt"]["episodes_done"] == 2
-    assert ckpt["data_state_per_rank"] == [{"next_index": 2}]
+class SignalAtStep(L.Callback):
+    def __init__(self, step):
+        self.step, self.sent = step, False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.step and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_usr1_checkpoints_requeues_and_resumes_exactly(tmp_path, monkeypatch, straight):
+    """SIGUSR1 under Slurm: the handler only sets a flag; at the next episode boundary last.ckpt is
+    saved, the job requeued and training stops; run.resume=auto then continues bit-exactly."""
+    from stuffed_mamba.training.requeue import RequeueOnSignal
+
+    requeued = []
+    monkeypatch.setattr(RequeueOnSignal, "_requeue_job", lambda self: requeued.append(os.environ["SLURM_JOB_ID"]))
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    before = signal.getsignal(signal.SIGUSR1)
+
+    # sent after episode 2; the requeue callback sees it at the end of episode 3
+    first = fit(tiny_recipe(tmp_path, f"trainer.max_steps={2 * N}"), loader_factory=fake,
+                extra_callbacks=[SignalAtStep(2 * S)], log=lambda s: None)
+    assert first.requeued and requeued == ["4242"]
+    assert first.global_step == 3 * S
+    assert load_ckpt(tmp_path / "checkpoints/last.ckpt")["global_step"] == 3 * S
+    assert signal.getsignal(signal.SIGUSR1) == before, "the previous handler is restored"
+
+    monkeypatch.delenv("SLURM_JOB_ID")
+    run(tmp_path, f"trainer.max_steps={2 * N}", "run.resume=auto")
+    straight_dir, _ = straight
+    assert_same_checkpoint(load_ckpt(straight_dir / "checkpoints/last.ckpt"), load_ckpt(tmp_path / "checkpoints/last.ckpt"))
+    assert scalars(straight_dir, "loss") == scalars(tmp_path, "loss")
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["last.ckpt"]
 
 
 def test_max_steps_inside_an_episode_finishes_the_episode(tmp_path):
@@ -132,8 +176,6 @@ def test_each_rank_resumes_from_its_own_data_position():
 def test_checkpoints_land_on_episode_boundaries_and_history_is_kept(tmp_path):
     """checkpoint_every_n_steps=4 with S=3: saved at the first episode boundaries past 4, 8, 12
     (steps 6, 9, 12); keep_every_n_steps=6 keeps copies at 6 and 12; no temporary file is left."""
-    import os
-
     r = run(tmp_path, "trainer.max_steps=12", "run.checkpoint_every_n_steps=4", "run.keep_every_n_steps=6")
     assert r.global_step == 12
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["last.ckpt", "step-0000006.ckpt", "step-0000012.ckpt"]
