@@ -36,6 +36,7 @@ def plot_forget_law(
     paper: _Law | None = None,
     x_unit: float = 1e6,
     y_unit: float = 1e3,
+    criterion: str = "paper",
 ) -> Path:
     """Every run as a point (filled: learned to forget, cross: did not), T_forget per N_S, and the laws."""
     plt = _pyplot()
@@ -65,7 +66,8 @@ def plot_forget_law(
                label="T_forget (^ above / v at or below the sweep)")
     ax.set_xlabel(f"state size N_S ({unit_name(x_unit)} floats)".replace("( ", "("))
     ax.set_ylabel(f"training length T_train ({unit_name(y_unit)} tokens)".replace("( ", "("))
-    ax.set_title("Forget threshold vs state size (paper fig. 11)")
+    how = "loss beyond T_train < 2x max within (sec. 4.2)" if criterion == "paper" else f"late loss rise <= {criterion[5:]} nats"
+    ax.set_title(f"Forget threshold vs state size (paper fig. 11)\nlearned to forget: {how}", fontsize=10)
     ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
     return _save(fig, plt, path)

@@ -119,7 +119,7 @@ def analyze(
             paper_f = _rescaled(PAPER_T_FORGET, x_unit, y_unit) if in_paper_range else None
             paper_r = _rescaled(PAPER_T_RECALL, x_unit, y_unit) if in_paper_range else None
             rep.plots.append(plot_forget_law(ths, out / "forget_law.png", fit=rep.forget_fit, paper=paper_f,
-                                             x_unit=x_unit, y_unit=y_unit))
+                                             x_unit=x_unit, y_unit=y_unit, criterion=criterion))
             if any(t.t_recall is not None for t in ths) or any("t_recall" in r for r in rows):
                 rep.plots.append(plot_recall_law(ths, out / "recall_law.png", fit=rep.recall_fit, paper=paper_r,
                                                  x_unit=x_unit, y_unit=y_unit))
