@@ -106,3 +106,18 @@ def test_analyze_fits_t_recall_and_the_cli_plots_both(tmp_path, capsys):
 def test_cli_scaling_on_a_missing_table_is_one_line(tmp_path, capsys):
     assert main(["analyze", "scaling", str(tmp_path / "none.jsonl")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_loss_vs_position_plot_per_model_from_the_runs_curves(tmp_path):
+    for t in (64, 256):
+        append_row(tmp_path / "results.jsonl", {"cell": f"m_T{t}", "model": "m", "state_size": 100,
+                                                "train_length": t, "learned_to_forget": t == 256, "status": "ok"})
+        run = tmp_path / "runs" / f"m_T{t}"
+        run.mkdir(parents=True)
+        pos = [1, 10, 100, 1000]
+        (run / "position_loss.json").write_text(json.dumps(
+            {"train_length": t, "positions": pos, "loss": [5.0, 4.0, 4.0, 4.0 + (t == 64)],
+             "learned_to_forget": t == 256}))
+    rep = analyze(tmp_path, tmp_path / "out")
+    png = tmp_path / "out" / "position_loss_m.png"
+    assert png in rep.plots and png.stat().st_size > 10_000
