@@ -131,6 +131,9 @@ class RunConfig:
     checkpoint_every_n_steps: int = 1000  # saved at the first episode boundary at or past each multiple
     keep_every_n_steps: Optional[int] = None  # also keep step-NNNNNNN.ckpt copies at these multiples
     requeue_on_signal: bool = True  # under Slurm: SIGUSR1 -> checkpoint at a batch end, requeue, stop
+    # torch intra-op threads (None: torch's default). Tiny CPU models run many small ops: on a
+    # shared machine 2 threads per process measured 5x slower than 1 (OpenMP oversubscription).
+    torch_threads: Optional[int] = None
 
 
 @dataclass
@@ -241,6 +244,7 @@ def validate(cfg: RecipeConfig) -> None:
     _check(r.checkpoint_every_n_steps >= 1, "run.checkpoint_every_n_steps", f"must be >= 1, got {r.checkpoint_every_n_steps}")
     _check(r.keep_every_n_steps is None or r.keep_every_n_steps >= 1, "run.keep_every_n_steps", f"must be >= 1 or null, got {r.keep_every_n_steps}")
     _check(bool(r.dir), "run.dir", "must not be empty")
+    _check(r.torch_threads is None or r.torch_threads >= 1, "run.torch_threads", f"must be >= 1 or null, got {r.torch_threads}")
 
     _check(m.backend in ("torch", "mamba_ssm"), "model.backend", f"must be 'torch' or 'mamba_ssm', got {m.backend!r}")
     if m.init_from is None:

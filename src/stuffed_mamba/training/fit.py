@@ -121,6 +121,11 @@ def fit(
         requeue = RequeueOnSignal(ckpt_dir, saver=checkpoints.save_unless_current)
         requeue.install()
 
+    if cfg.run.torch_threads:
+        import torch
+
+        torch.set_num_threads(cfg.run.torch_threads)
+
     # 1. tokenizer and model (same seed on every rank: identical initial weights)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     L.seed_everything(cfg.run.seed, workers=False, verbose=False)
