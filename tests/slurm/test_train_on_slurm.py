@@ -29,7 +29,7 @@ SCRIPT = REPO / "slurm" / "train_370m_256k.sh"
 RECIPE = "recipes/tiny_cpu.yaml"  # relative: the job runs in the repository root, as a user's would
 # what a CPU run takes away from the script's GPU resources (the script itself is unmodified)
 CPU_FIT = ("--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1")
-STEPS = 500  # optimiser steps of the whole run
+STEPS = 800  # optimiser steps of the whole run
 CKPT_EVERY = 50
 
 
@@ -123,9 +123,9 @@ def test_preempted_twice_resumes_bit_identical(slurm_cluster, reference, tmp_pat
     run_dir, out = tmp_path / "run", tmp_path / "job.out"
 
     # 1. --signal=USR1@90 (the script's) with --time=2: due at the first time-limit check after
-    #    the start. Start the job so that check comes ddp_after + 3 s into it.
+    #    the start. Start the job so that check comes ddp_after + 5 s into it.
     restarted = slurm_cluster.restart_controller()
-    delay = ddp_after + 3
+    delay = ddp_after + 5
     submit_at = restarted + PERIODIC_TIMEOUT - delay - 1  # sbatch -> running takes about a second
     while submit_at < time.time():
         submit_at += PERIODIC_TIMEOUT
