@@ -19,7 +19,7 @@ TINY = "recipes/tiny_cpu.yaml"
         ("optim.lr=fast", "optim.lr"),  # wrong type
         ("trainer.max_steps=1.5", "trainer.max_steps"),  # wrong type
         ("optim.lr=-1", "optim.lr"),  # impossible value
-        ("optim.warmup_steps=360", "optim.warmup_steps"),  # impossible: warm-up >= total
+        ("optim.warmup_steps=600", "optim.warmup_steps"),  # impossible: warm-up >= total
         ("data.segments=0", "data.segments"),  # impossible, checked by DataConfig
         ("trainer.strategy=fsdp", "trainer.strategy"),
         ("trainer.precision=16-mixed", "trainer.precision"),
