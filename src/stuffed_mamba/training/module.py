@@ -42,8 +42,6 @@ class TBPTTModule(L.LightningModule):
         self.nonfinite_streak = 0
         self.nonfinite_first_step: int | None = None
         self._grad_norms: list[float] = []
-        self._world_size_at_save = None
-        self._data_states_to_restore = None
 
     # ------------------------------------------------------------------ the loop
 
@@ -62,23 +60,18 @@ class TBPTTModule(L.LightningModule):
         losses = torch.full((S,), float("nan"))
         episode_ok = True
         for s in range(S):
-            out = self.model(inputs[:, s], state=state, labels=labels[:, s])
+            out = self.model(inputs[:, s], state=state, labels=labels[:, s])  # chunked CE, no [B,T,V]
             # All ranks decide together: a rank that skipped its backward would leave the
             # others waiting in the gradient all-reduce.
-            finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(out.loss)), all=True)
-            if finite:
-                # In episode mode the S backward passes sum; /S makes it the episode's mean loss.
-                self.manual_backward(out.loss if step_per_segment else out.loss / S)
-                losses[s] = out.loss.detach().float().cpu()
-                # Detached: the graph of this segment is freed; gradients stop at its end.
-                state = out.state.detach()
-            else:
-                # The carried state may be poisoned too: the next segment starts from zeros.
-                state = None
-                episode_ok = False
+            if not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(out.loss)), all=True):
+                state, episode_ok = None, False  # a poisoned state is not carried: restart from zeros
                 if step_per_segment:
                     self._skip_step(opt)
                 continue
+            # In episode mode the S backward passes sum: /S makes it the episode's mean loss.
+            self.manual_backward(out.loss if step_per_segment else out.loss / S)
+            losses[s] = out.loss.detach().float().cpu()
+            state = out.state.detach()  # gradients stop at the segment boundary; its graph is freed
             if step_per_segment:
                 self._optimizer_step(opt)
         if not step_per_segment:
