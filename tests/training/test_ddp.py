@@ -74,3 +74,47 @@ def test_ddp_resume_is_bit_exact(tmp_path):
     a, b = load_ckpt(tmp_path / "straight/checkpoints/last.ckpt"), load_ckpt(tmp_path / "split/checkpoints/last.ckpt")
     for k in a["state_dict"]:
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+
+
+def test_usr1_on_one_rank_stops_both_at_the_same_boundary(tmp_path):
+    """The flag of rank 1 alone reaches rank 0 (all-reduce MAX): both save last.ckpt together at an
+    episode boundary, rank 0 alone runs `scontrol requeue`, both stop; no deadlock."""
+    import signal
+    import time
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "scontrol.log"
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LOCAL_RANK", "WORLD_SIZE", "RANK"))}
+    env.update(OMP_NUM_THREADS="1", SLURM_JOB_ID="777", PATH=f"{bin_dir}:{env['PATH']}")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stuffed_mamba", "fit", "recipes/tiny_cpu.yaml", *OVERRIDES,
+         f"run.dir={tmp_path / 'run'}", "trainer.max_steps=3000", "optim.total_steps=3000"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    out = []
+    try:
+        for line in proc.stdout:  # rank 0 prints one line per episode
+            out.append(line)
+            if line.startswith("step 6 "):
+                break
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) == 1, children  # Lightning's launcher started rank 1 as our child
+        os.kill(int(children[0]), signal.SIGUSR1)
+        t0 = time.monotonic()
+        out += proc.stdout.readlines()
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = "".join(out)
+    assert proc.returncode == 0, text[-3000:]
+    assert time.monotonic() - t0 < 120
+    assert log.read_text().split("\n")[0] == "requeue 777"
+    assert len(log.read_text().strip().splitlines()) == 1  # rank 0 only
+    ckpt = load_ckpt(tmp_path / "run/checkpoints/last.ckpt")
+    assert ckpt["global_step"] % S == 0 and 6 < ckpt["global_step"] < 3000
+    assert len(ckpt["data_state_per_rank"]) == 2
+    assert "requeued" in text
