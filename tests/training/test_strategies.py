@@ -1,4 +1,4 @@
-"""The DeepSpeed strategy and config the recipes produce, inspected on the CPU (training under
+"""Strategies from the recipe: the DeepSpeed strategy and config, inspected on the CPU (training under
 DeepSpeed needs CUDA: Lightning refuses a CPU accelerator, checked at the end)."""
 
 from __future__ import annotations
@@ -75,3 +75,17 @@ def test_training_under_deepspeed_needs_cuda(tmp_path):
     cfg = tiny_recipe(tmp_path, "trainer.strategy=deepspeed", "trainer.max_steps=3")
     with pytest.raises(RuntimeError, match="only supported on CUDA GPUs"):
         fit(cfg, loader_factory=lambda r, w: FakeEpisodeLoader(rank=r, world_size=w), log=lambda s: None)
+
+
+def test_under_slurm_lightnings_auto_requeue_is_off(tmp_path, monkeypatch):
+    """Lightning's own requeue saves mid-episode from the signal handler; ours runs instead."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    from stuffed_mamba.training.fit import build_trainer
+
+    for k, v in dict(SLURM_NTASKS="1", SLURM_JOB_ID="5", SLURM_JOB_NAME="train", SLURM_PROCID="0",
+                     SLURM_LOCALID="0", SLURM_NODEID="0", SLURM_NODELIST="localhost").items():
+        monkeypatch.setenv(k, v)
+    trainer = build_trainer(tiny_recipe(tmp_path), [])
+    env = trainer._accelerator_connector.cluster_environment
+    assert isinstance(env, SLURMEnvironment) and env.auto_requeue is False
