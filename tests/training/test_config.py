@@ -57,3 +57,21 @@ def test_cli_prints_one_line_and_exits_2_before_building_anything(tmp_path):
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert lines == ["stuffed-mamba fit: error: unknown recipe key 'optim.nope'"]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "override, names",
+    [
+        ("data.source=/no/such/folder", "data source '/no/such/folder'"),
+        ("data.tokenizer=/no/such/tokenizer.json", "data.tokenizer"),
+        ("data.batch_size=64", "row streams"),  # more rows than the sample corpus has shards
+    ],
+)
+def test_bad_data_settings_are_one_line_before_training(override, names, tmp_path):
+    from stuffed_mamba.training.fit import fit
+
+    cfg = load_recipe(TINY, [override, f"run.dir={tmp_path}", "probes.enabled=false"])
+    with pytest.raises(ConfigError) as e:
+        fit(cfg, log=lambda s: None)
+    assert names in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "checkpoints").exists()

@@ -127,7 +127,10 @@ def fit(
         torch.set_num_threads(cfg.run.torch_threads)
 
     # 1. tokenizer and model (same seed on every rank: identical initial weights)
-    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    try:
+        tokenizer = load_tokenizer(cfg.data.tokenizer)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"data.tokenizer: {_first_line(e)}") from None
     L.seed_everything(cfg.run.seed, workers=False, verbose=False)
     model = build_model(cfg, tokenizer)
 
@@ -148,6 +151,16 @@ def fit(
     data = EpisodeDataModule(cfg.data, factory=loader_factory)
 
     world_size = trainer.num_nodes * trainer.num_devices
+    if loader_factory is None:
+        # A wrong source or listing, or too few shards for the ranks, is one line now rather
+        # than a traceback from inside trainer.fit (building a loader only reads the listing).
+        from stuffed_mamba.data import build_dataloader
+
+        try:
+            build_dataloader(cfg.data, rank=0, world_size=world_size)
+        except (OSError, ValueError) as e:
+            msg = _first_line(e)
+            raise ConfigError(msg if msg.startswith("data") else f"data: {msg}") from None
     for line in startup_report(cfg, model, world_size=world_size, resume_from=resume_from, recipe=recipe):
         say(line)
     if trainer.is_global_zero:
@@ -174,6 +187,11 @@ def fit(
         nonfinite_skipped=module.nonfinite_total,
         requeued=bool(requeue and requeue.requeued),
     )
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def quiet_lightning() -> None:
