@@ -35,7 +35,10 @@ def build_model(cfg: RecipeConfig, tokenizer):
     if m.init_from:
         if not Path(m.init_from).is_dir():
             raise ConfigError(f"model.init_from: not a checkpoint folder: {m.init_from}")
-        model = Mamba2LM.from_pretrained(m.init_from, backend=m.backend)
+        try:
+            model = Mamba2LM.from_pretrained(m.init_from, backend=m.backend)
+        except (OSError, ValueError, KeyError) as e:
+            raise ConfigError(f"model.init_from: {_first_line(e)}") from None
         for key, value in overrides.items():
             have = getattr(model.config, key)
             if have != value and key != "chunk_size":
