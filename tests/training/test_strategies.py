@@ -89,3 +89,15 @@ def test_under_slurm_lightnings_auto_requeue_is_off(tmp_path, monkeypatch):
     trainer = build_trainer(tiny_recipe(tmp_path), [])
     env = trainer._accelerator_connector.cluster_environment
     assert isinstance(env, SLURMEnvironment) and env.auto_requeue is False
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
+def test_bf16_trains_on_the_cpu(precision, tmp_path):
+    """The recipes' bf16 (appendix F.1) through the same loop, on the CPU: finite losses, no skips."""
+    import math
+
+    from stuffed_mamba.training.fit import fit
+
+    r = fit(tiny_recipe(tmp_path, f"trainer.precision={precision}", "trainer.max_steps=6"),
+            loader_factory=lambda r, w: FakeEpisodeLoader(rank=r, world_size=w), log=lambda s: None)
+    assert r.global_step == 6 and r.nonfinite_skipped == 0 and math.isfinite(r.final_loss)
