@@ -52,7 +52,11 @@ class RequeueOnSignal(L.Callback):
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         if self._previous is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(self.signum, self._previous)
+            # USR1 can still arrive after training ended (Slurm sends it up to ~2 minutes before the
+            # limit): the default action would kill a rank whose run is complete and fail the job,
+            # so a default handler becomes "ignore"; a handler someone installed is put back.
+            previous = signal.SIG_IGN if self._previous == signal.SIG_DFL else self._previous
+            signal.signal(self.signum, previous)
             self._previous = None
 
     # -- the agreement, at an episode boundary
