@@ -173,6 +173,29 @@ class _Ctx:
               + "".join(f", {self.out / p}" for p in pngs))
 
 
+    def per_intervention(self, probe: str, run_one) -> int:
+        """Run `run_one(name) -> (summary, table, figure)` once per --intervention, write the PNGs,
+        then the JSON (the first run's summary at the top level, all runs under "interventions")."""
+        from stuffed_mamba.probes.plots import save
+
+        runs, tables, pngs = {}, [], []
+        with self.bar(len(self.interventions), probe) as bar:
+            for spec in self.interventions:
+                name = self.set_intervention(spec)
+                summary, table, figure = run_one(name)
+                runs[name] = summary
+                tables.append(table)
+                png = f"{probe}{_suffix(spec, len(self.interventions))}.png"
+                save(figure, self.out / png)
+                pngs.append(png)
+                bar.update(1)
+        payload = {"intervention": next(iter(runs)), **next(iter(runs.values()))}
+        if len(runs) > 1:
+            payload["interventions"] = runs
+        self.finish(probe, payload, "\n\n".join(tables), pngs)
+        return 0
+
+
 def _suffix(spec: str, n: int) -> str:
     return "" if n == 1 and spec == "none" else "_" + spec.replace(":", "").replace(",", "_")
 
@@ -232,7 +255,7 @@ def _passkey(ctx: _Ctx, args) -> int:
 
 def _retention(ctx: _Ctx, args) -> int:
     from stuffed_mamba.probes.passkey import build_prompt
-    from stuffed_mamba.probes.plots import retention_curves, save
+    from stuffed_mamba.probes.plots import retention_curves
     from stuffed_mamba.probes.retention import first_token_retention, retention_summary
     from stuffed_mamba.probes.states import newlines_prompt
     from stuffed_mamba.probes.tables import retention_table
@@ -249,27 +272,18 @@ def _retention(ctx: _Ctx, args) -> int:
     else:
         ids = newlines_prompt(ctx.tokenizer, length)
     device = next(ctx.model.parameters()).device
-    runs, tables, pngs = {}, [], []
-    with ctx.bar(len(ctx.interventions), "retention") as bar:
-        for spec in ctx.interventions:
-            name = ctx.set_intervention(spec)
-            alpha = first_token_retention(ctx.model, ids.to(device), chunk_size=args.chunk).cpu()
-            s = retention_summary(alpha, T_train)
-            runs[name] = {"text": text, "length": int(ids.shape[1]), **s}
-            tables.append(retention_table(s, title=f"first-token retention alpha_1:t ({text} text), intervention: {name}"))
-            png = f"retention{_suffix(spec, len(ctx.interventions))}.png"
-            save(retention_curves(alpha, T_train), ctx.out / png)
-            pngs.append(png)
-            bar.update(1)
-    payload = {"intervention": next(iter(runs)), **next(iter(runs.values()))}
-    if len(runs) > 1:
-        payload["interventions"] = runs
-    ctx.finish("retention", payload, "\n\n".join(tables), pngs)
-    return 0
+
+    def run_one(name):
+        alpha = first_token_retention(ctx.model, ids.to(device), chunk_size=args.chunk).cpu()
+        s = retention_summary(alpha, T_train)
+        table = retention_table(s, title=f"first-token retention alpha_1:t ({text} text), intervention: {name}")
+        return {"text": text, "length": int(ids.shape[1]), **s}, table, retention_curves(alpha, T_train)
+
+    return ctx.per_intervention("retention", run_one)
 
 
 def _states(ctx: _Ctx, args) -> int:
-    from stuffed_mamba.probes.plots import save, state_curves
+    from stuffed_mamba.probes.plots import state_curves
     from stuffed_mamba.probes.states import newlines_prompt, state_statistics, state_summary, time_points
     from stuffed_mamba.probes.tables import states_table
 
@@ -280,25 +294,16 @@ def _states(ctx: _Ctx, args) -> int:
     except ValueError as e:
         raise CLIError(str(e)) from None
     points = time_points(length, args.points, T_train)
-    runs, tables, pngs = {}, [], []
-    with ctx.bar(len(ctx.interventions), "states") as bar:
-        for spec in ctx.interventions:
-            name = ctx.set_intervention(spec)
-            stats = state_statistics(ctx.model, ids, points, max_chunk=args.chunk)
-            s = state_summary(stats, T_train)
-            s["mean"] = stats.mean.tolist()
-            s["var"] = stats.var.tolist()
-            runs[name] = s
-            tables.append(states_table(s, title=f"SSM state statistics on the newlines prompt, intervention: {name}"))
-            png = f"states{_suffix(spec, len(ctx.interventions))}.png"
-            save(state_curves(stats, T_train), ctx.out / png)
-            pngs.append(png)
-            bar.update(1)
-    payload = {"intervention": next(iter(runs)), **next(iter(runs.values()))}
-    if len(runs) > 1:
-        payload["interventions"] = runs
-    ctx.finish("states", payload, "\n\n".join(tables), pngs)
-    return 0
+
+    def run_one(name):
+        stats = state_statistics(ctx.model, ids, points, max_chunk=args.chunk)
+        s = state_summary(stats, T_train)
+        s["mean"] = stats.mean.tolist()
+        s["var"] = stats.var.tolist()
+        table = states_table(s, title=f"SSM state statistics on the newlines prompt, intervention: {name}")
+        return s, table, state_curves(stats, T_train)
+
+    return ctx.per_intervention("states", run_one)
 
 
 def _loss(ctx: _Ctx, args) -> int:
