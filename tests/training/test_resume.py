@@ -182,3 +182,16 @@ def test_checkpoints_land_on_episode_boundaries_and_history_is_kept(tmp_path):
     assert r.global_step == 12
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["last.ckpt", "step-0000006.ckpt", "step-0000012.ckpt"]
     assert load_ckpt(tmp_path / "checkpoints/step-0000006.ckpt")["global_step"] == 6
+
+
+def test_a_fresh_start_never_overwrites_an_earlier_run(tmp_path):
+    """resume null in a run.dir holding last.ckpt is a one-line error; run.overwrite=true starts over."""
+    from stuffed_mamba.training.config import ConfigError
+
+    run(tmp_path, f"trainer.max_steps={S}")
+    before = (tmp_path / "checkpoints/last.ckpt").read_bytes()
+    with pytest.raises(ConfigError, match="run.dir=.* already holds last.ckpt.*run.resume=auto.*run.overwrite=true"):
+        run(tmp_path, f"trainer.max_steps={S}", "optim.lr=0.5", "run.resume=null")
+    assert (tmp_path / "checkpoints/last.ckpt").read_bytes() == before, "the earlier checkpoint is untouched"
+    again = run(tmp_path, f"trainer.max_steps={S}", "run.resume=null", "run.overwrite=true")
+    assert again.global_step == S

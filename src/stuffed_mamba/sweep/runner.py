@@ -25,7 +25,13 @@ def results_path(recipe: SweepRecipe, out_dir: str | Path | None = None) -> Path
 
 
 def fit_command(base: Path, cell: Cell) -> list[str]:
-    return [sys.executable, "-m", "stuffed_mamba", "fit", os.path.normpath(base), *cell.overrides]
+    return [sys.executable, "-m", "stuffed_mamba", "fit", os.path.normpath(base), *_fit_args(cell)]
+
+
+def _fit_args(cell: Cell) -> list[str]:
+    # a cell without fit.done is (re)trained: a half-written run of it may be replaced, unless the
+    # base recipe says run.resume: auto, which continues it instead
+    return [*cell.overrides, "run.overwrite=true"]
 
 
 def run_fit(base: Path, cell: Cell, *, timeout_s: float | None, in_process: bool = False) -> tuple[int, float]:
@@ -40,7 +46,7 @@ def run_fit(base: Path, cell: Cell, *, timeout_s: float | None, in_process: bool
 
         with open(log, "a", encoding="utf-8") as f, redirect_stdout(f), redirect_stderr(f):
             try:
-                rc = main(["fit", str(base), *cell.overrides])
+                rc = main(["fit", str(base), *_fit_args(cell)])
             except SystemExit as e:  # argparse errors
                 rc = e.code if isinstance(e.code, int) else 1
             except Exception:  # a crash is this cell's failure, as a subprocess's would be

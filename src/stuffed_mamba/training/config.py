@@ -128,6 +128,9 @@ class RunConfig:
     seed: int = 0  # weight initialisation (the data pipeline and probes own their seeds)
     # "auto": continue from {dir}/checkpoints/last.ckpt when it exists; a path: from it; null: fresh.
     resume: Optional[str] = None
+    # a fresh start (resume null, or auto with nothing to resume) in a run.dir that already holds
+    # checkpoints/last.ckpt is an error unless this is true: a typo must not overwrite a finished run
+    overwrite: bool = False
     checkpoint_every_n_steps: int = 1000  # saved at the first episode boundary at or past each multiple
     keep_every_n_steps: Optional[int] = None  # also keep step-NNNNNNN.ckpt copies at these multiples
     requeue_on_signal: bool = True  # under Slurm: SIGUSR1 -> checkpoint at a batch end, requeue, stop

@@ -116,6 +116,12 @@ def fit(
     run_dir = Path(cfg.run.dir)
     ckpt_dir = checkpoint_dir(run_dir)
     resume_from = resolve_resume(cfg.run.resume, run_dir)
+    earlier = ckpt_dir / "last.ckpt"
+    if resume_from is None and earlier.exists() and not cfg.run.overwrite:
+        raise ConfigError(
+            f"run.dir={cfg.run.dir} already holds {earlier.name} from an earlier run: run.resume=auto continues it, "
+            "run.overwrite=true starts over, or choose another run.dir"
+        )
 
     # Under Slurm the warning signal can come at any time: catch it before anything slow.
     checkpoints = EpisodeCheckpoint(ckpt_dir, cfg.run.checkpoint_every_n_steps, cfg.run.keep_every_n_steps)
