@@ -35,8 +35,7 @@ def startup_report(cfg: RecipeConfig, model, *, world_size: int, resume_from: st
         f"devices {t.devices}, nodes {t.num_nodes}",
         f"run dir      {cfg.run.dir} (checkpoints/last.ckpt; TensorBoard: tensorboard --logdir {cfg.run.dir}/tensorboard)",
         f"resume       {resume_from or 'no: fresh start'}",
-        f"predicted    T_forget = {pred['t_forget'] / 1e3:.1f}K tokens, T_recall = {pred['t_recall'] / 1e3:.1f}K tokens "
-        f"(paper section 5 fits, for this N_S)",
+        "predicted    " + _predicted(pred),
     ]
     if t.strategy == "deepspeed":
         from stuffed_mamba.training.strategy import deepspeed_config
@@ -53,3 +52,13 @@ def _human(n: float) -> str:
         if n >= div:
             return f"{n / div:.2f}{unit}"
     return str(int(n))
+
+
+def _predicted(pred: dict) -> str:
+    # The paper's fits cross zero (T_forget near N_S = 0.86M floats, T_recall near 0.47M): below
+    # that they extrapolate to negative lengths, which must not read as a prediction.
+    def value(t):
+        return f"{t / 1e3:.1f}K tokens" if t > 0 else "n/a (N_S below the fit's range)"
+
+    return (f"T_forget = {value(pred['t_forget'])}, T_recall = {value(pred['t_recall'])} "
+            f"(paper section 5 fits, for N_S = {pred['state_size'] / 1e6:.3f}M floats)")
