@@ -71,6 +71,8 @@ def build_trainer(cfg: RecipeConfig, callbacks: Sequence, *, log=print):
     if SLURMEnvironment.detect():
         # Lightning's auto-requeue saves mid-episode from the signal handler; ours (RequeueOnSignal) does not.
         plugins.append(SLURMEnvironment(auto_requeue=False))
+    if t.enable_progress_bar:
+        callbacks = [*callbacks, _progress_bar()]
     return L.Trainer(
         max_steps=t.max_steps if t.max_steps is not None else cfg.optim.total_steps,
         max_epochs=1,  # one pass of the loader = the whole stream (it cycles or stops by data.epochs)
@@ -91,6 +93,23 @@ def build_trainer(cfg: RecipeConfig, callbacks: Sequence, *, log=print):
         enable_model_summary=False,
         default_root_dir=cfg.run.dir,
     )
+
+
+def _progress_bar():
+    """Lightning's default bar without `v_num`: our logger's version is the folder name "tensorboard",
+    which the bar shows cut to its last four letters ("oard")."""
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+
+    base = RichProgressBar if _RICH_AVAILABLE else TQDMProgressBar
+
+    class ProgressBar(base):
+        def get_metrics(self, trainer, pl_module):
+            metrics = super().get_metrics(trainer, pl_module)
+            metrics.pop("v_num", None)
+            return metrics
+
+    return ProgressBar()
 
 
 def fit(
