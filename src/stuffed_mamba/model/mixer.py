@@ -86,40 +86,43 @@ class Mamba2Mixer(nn.Module):
                 Delta = Delta_eff
         return x_in, Delta, A, B
 
+    def _scan_inputs(self, u: torch.Tensor, conv_state: torch.Tensor | None):
+        """in_proj -> conv (+ state) -> split -> discretise: what the scan of this layer consumes."""
+        z, xBC, dt_raw = self._split_proj(self.in_proj(u))
+        xBC, conv_state = self.ops.causal_conv1d(xBC, self.conv1d.weight[:, 0], self.conv1d.bias, initial_state=conv_state)
+        x, B, C = self._split_xbc(xBC)
+        x_in, Delta, A, B = self._discretise(dt_raw, x, B)
+        return x, x_in, Delta, A, B, C, z, conv_state
+
+    def _output(self, y: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Skip term D x on the un-rescaled x, gated RMSNorm with z, out_proj. y, x: [..., H, P]."""
+        y = y + x * self.D.to(x.dtype)[:, None]
+        y = self.ops.gated_rmsnorm(y.reshape(*y.shape[:-2], self.config.d_inner), z, self.norm.weight,
+                                   eps=self.norm.eps, group_size=self.norm.group_size)
+        return self.out_proj(y)
+
     def ssm_inputs(self, u: torch.Tensor, conv_state: torch.Tensor | None = None) -> dict:
         """The inputs of the scan for hidden input u [B, T, d_model] (for probes).
 
         Returns x [B,T,H,P], Delta [B,T,H] (fp32, after interventions), A [H], log_alpha [B,T,H]
         (= Delta*A, the per-step log retention), B, C [B,T,G,N], z [B,T,d_inner], conv_state.
         """
-        z, xBC, dt_raw = self._split_proj(self.in_proj(u))
-        xBC, conv_state = self.ops.causal_conv1d(xBC, self.conv1d.weight[:, 0], self.conv1d.bias, initial_state=conv_state)
-        x, B, C = self._split_xbc(xBC)
-        x_in, Delta, A, B = self._discretise(dt_raw, x, B)
+        x, _, Delta, A, B, C, z, conv_state = self._scan_inputs(u, conv_state)
         return dict(x=x, Delta=Delta, A=A, log_alpha=Delta * A, B=B, C=C, z=z, conv_state=conv_state)
 
     # ------------------------------------------------------------------------------------------
     def forward(self, u: torch.Tensor, state: LayerState | None = None) -> tuple[torch.Tensor, LayerState]:
         """u: [B, T, d_model] -> (out [B, T, d_model], the layer's state after position T)."""
-        c = self.config
-        z, xBC, dt_raw = self._split_proj(self.in_proj(u))
-        xBC, conv_state = self.ops.causal_conv1d(
-            xBC, self.conv1d.weight[:, 0], self.conv1d.bias, initial_state=None if state is None else state.conv
-        )
-        x, B, C = self._split_xbc(xBC)
-        x_in, Delta, A, B = self._discretise(dt_raw, x, B)
+        x, x_in, Delta, A, B, C, z, conv_state = self._scan_inputs(u, None if state is None else state.conv)
         y, ssm_state = self.ops.ssd(
-            x_in, Delta, A, B, C, chunk_size=c.chunk_size, D=None,
+            x_in, Delta, A, B, C, chunk_size=self.config.chunk_size, D=None,
             initial_state=None if state is None else state.ssm,
         )
         window = None
         if self.intervention is not None and self.intervention.window is not None:
+            # the full scan above still advances ssm_state, so removing the window continues exactly
             y, window = self._windowed_scan(x_in, Delta, A, B, C, None if state is None else state.window)
-        y = y + x * self.D.to(x.dtype)[:, None]  # skip term on the un-rescaled x
-        y = self.ops.gated_rmsnorm(
-            y.reshape(*y.shape[:2], c.d_inner), z, self.norm.weight, eps=self.norm.eps, group_size=self.norm.group_size
-        )
-        return self.out_proj(y), LayerState(conv_state, ssm_state, window)
+        return self._output(y, x, z), LayerState(conv_state, ssm_state, window)
 
     def _windowed_scan(self, x, Delta, A, B, C, buf: WindowState | None):
         """Eq. 8 over the buffered last w-1 inputs plus the new ones: y_t = C_t h^X_t - alpha_{t-w+1:t} C_t h^X_{t-w}.
@@ -128,7 +131,7 @@ class Mamba2Mixer(nn.Module):
         is the same scan queried with C shifted w positions earlier. Cost O(w + T) per call, so `step`
         under a window costs O(w) per token: fine for probes, not for serving.
         """
-        w = self.config_window
+        w = int(self.intervention.window)
         if buf is not None:
             x = torch.cat([buf.x.to(x.dtype), x], dim=1)
             Delta = torch.cat([buf.dt, Delta], dim=1)
@@ -153,23 +156,15 @@ class Mamba2Mixer(nn.Module):
         new_buf = WindowState(x[:, total - min(keep, total):], Delta[:, total - min(keep, total):], B[:, total - min(keep, total):])
         return y[:, m:], new_buf
 
-    @property
-    def config_window(self) -> int:
-        return int(self.intervention.window)
-
     # ------------------------------------------------------------------------------------------
     def step(self, u: torch.Tensor, state: LayerState) -> tuple[torch.Tensor, LayerState]:
         """One token: u [B, d_model] -> (out [B, d_model], new state)."""
         if self.intervention is not None and self.intervention.window is not None:
             out, new_state = self.forward(u[:, None], state)
             return out[:, 0], new_state
-        c = self.config
         z, xBC, dt_raw = self._split_proj(self.in_proj(u))
         xBC, conv_state = causal_conv1d_step(xBC, self.conv1d.weight[:, 0], self.conv1d.bias, state.conv)
         x, B, C = self._split_xbc(xBC)
         x_in, Delta, A, B = self._discretise(dt_raw, x, B)
         y, ssm_state = ssd_step(x_in, Delta, A, B, C, state.ssm)
-        y = y + x * self.D.to(x.dtype)[:, None]
-        y = self.ops.gated_rmsnorm(y.reshape(-1, c.d_inner), z, self.norm.weight, eps=self.norm.eps,
-                                   group_size=self.norm.group_size)
-        return self.out_proj(y), LayerState(conv_state, ssm_state)
+        return self._output(y, x, z), LayerState(conv_state, ssm_state)
