@@ -64,7 +64,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from stuffed_mamba.data import DataConfig, load_tokenizer
-    from stuffed_mamba.data.source import open_source, read_shard_tags
+    from stuffed_mamba.data.documents import open_documents
+    from stuffed_mamba.data.source import open_source
     from stuffed_mamba.data.stream import DocumentStream
 
     tok = load_tokenizer(args.tokenizer)
@@ -76,9 +77,8 @@ def main(argv=None) -> int:
     # the kept documents' texts, found by the pipeline's own stream stages
     src = open_source(args.source)
     stream = DocumentStream(
-        src, read_shard_tags(src, args.listing), tok, min_doc_tokens=args.min_doc_tokens,
-        max_doc_bytes=base.max_doc_bytes, dedup=True, dedup_memory=base.dedup_memory,
-        tokenize_batch_bytes=base.tokenize_batch_bytes, epochs=1,
+        *open_documents(base), tok, min_doc_tokens=args.min_doc_tokens, dedup=True,
+        dedup_memory=base.dedup_memory, tokenize_batch_bytes=base.tokenize_batch_bytes, epochs=1,
     )  # fmt: skip
     kept_ids = {doc_id for doc_id, _ in stream}
     texts = _texts(src, kept_ids)

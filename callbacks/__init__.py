@@ -124,9 +124,7 @@ def _eval_text(data_cfg, tokenizer, length: int, n: int, min_doc_tokens: int):
     def load():
         from stuffed_mamba.data import load_eval_sequences
 
-        return load_eval_sequences(
-            data_cfg.source, tokenizer, length=length, n=n, min_doc_tokens=min_doc_tokens,
-            listing=getattr(data_cfg, "listing", None),
-        )
+        # the whole data section: an hf:// source needs its hf_* keys too
+        return load_eval_sequences(data_cfg, tokenizer, length=length, n=n, min_doc_tokens=min_doc_tokens)
 
     return load

@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
+
+HF_PREFIX = "hf://"
 
 
 @dataclass
 class DataConfig:
-    """Streaming RedPajama-V2 pipeline settings.
+    """Streaming pipeline settings: a RedPajama-V2 source, or any `datasets` corpus (`hf://`).
 
     Episodes are LongTensors [B, S, T+1]: B = `batch_size` rows per rank, S = `segments`,
     T = `train_length`; input = ep[..., :-1], labels = ep[..., 1:].
     """
 
-    source: str = "data/sample"  # local mirror folder or base URL in the RedPajama-V2 layout
+    source: str = "data/sample"  # RedPajama-V2 layout: local mirror folder or base URL; or hf://NAME
     listing: Optional[str] = None  # a listings/*.txt name or a path; None = every listing of the source
+    # hf:// sources (docs/data.md): a hub dataset hf://OWNER/NAME, or a `datasets` file builder
+    # (hf://parquet, hf://json, hf://text) reading hf_data_files, streamed with datasets.load_dataset
+    hf_data_files: Optional[Any] = None  # a glob or a list of globs (local paths, URLs, hf://datasets/...)
+    hf_config: Optional[str] = None  # the dataset's configuration (load_dataset's `name`)
+    hf_split: str = "train"
+    hf_reshard: bool = False  # parquet: one shard per row group instead of per file (more row streams)
+    text_field: str = "text"  # the column holding the document (hf:// only; RedPajama-V2 reads raw_content)
     tokenizer: str = "data/sample/tokenizer.json"  # "bytes" | tokenizer.json path | hub name
     min_doc_tokens: int = 4096  # appendix F: shorter documents are dropped
     max_doc_bytes: int = 32 * 1024 * 1024  # larger documents are skipped as bad (memory guard)
@@ -53,6 +62,20 @@ class DataConfig:
                 raise ValueError(f"data.{name} must be {rule}, got {getattr(self, name)!r}")
         if not self.source:
             raise ValueError("data.source must name a local mirror folder or a URL, got ''")
+        if self.source.startswith(HF_PREFIX):
+            if self.listing is not None:
+                raise ValueError("data.listing is for RedPajama-V2 sources; an hf:// source reads data.hf_data_files")
+            files = self.hf_data_files
+            files = [files] if isinstance(files, str) else files
+            if files is not None and (not files or not all(isinstance(f, str) and f for f in files)):
+                raise ValueError(f"data.hf_data_files must be a glob or a list of globs, got {self.hf_data_files!r}")
+            if not self.text_field or not self.hf_split:
+                raise ValueError("data.text_field and data.hf_split must not be empty")
+        else:
+            hf = {"hf_data_files": None, "hf_config": None, "hf_split": "train", "hf_reshard": False, "text_field": "text"}
+            for k, default in hf.items():
+                if getattr(self, k) != default:
+                    raise ValueError(f"data.{k} applies to hf:// sources only (data.source is {self.source!r})")
         if not self.tokenizer:
             raise ValueError("data.tokenizer must be 'bytes', a tokenizer.json path or a hub name, got ''")
 
@@ -60,3 +83,7 @@ class DataConfig:
     def episode_tokens(self) -> int:
         """Tokens of one row of one episode, S*T + 1 (the last label)."""
         return self.segments * self.train_length + 1
+
+    @property
+    def is_hf(self) -> bool:
+        return self.source.startswith(HF_PREFIX)

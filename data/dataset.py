@@ -4,7 +4,8 @@ Row streams ("lanes") are global: with world_size R, W = max(1, num_workers) wor
 rows there are L = R*W*B lanes, and lane g = (rank*W + worker)*B + b owns shards i with
 i % L == g (of the shard list, seeded-shuffled once). A lane's tokens depend on its shards
 only, never on which process reads it, so shards are split disjointly over (rank, worker),
-and a resumed lane continues bit-exactly.
+and a resumed lane continues bit-exactly. Shards are RedPajama-V2 shards or the shards of
+an hf:// dataset (documents.py); nothing here depends on which.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
 from . import counters as ctr
+from .documents import open_documents
 from .packer import Packer, rows_to_episode
-from .source import open_source, read_shard_tags
 from .stream import DocumentStream
 from .tokenizer import load_tokenizer
 
@@ -45,21 +46,17 @@ class EpisodeDataset(IterableDataset):
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.workers = max(1, cfg.num_workers)
         self.n_lanes = world_size * self.workers * cfg.batch_size
-        # read the listing here, in the launching process: a wrong source fails at once, in one line
-        source = self._source()
-        self.tags = read_shard_tags(source, cfg.listing)
+        # list the shards here, in the launching process: a wrong source fails at once, in one line
+        self.reader, self.tags = open_documents(cfg)
         if len(self.tags) < self.n_lanes:
+            hint = " (data.hf_reshard=true makes a shard of every parquet row group)" if cfg.is_hf else ""
             raise ValueError(
                 f"data: {len(self.tags)} shard(s) cannot feed {self.n_lanes} row streams "
                 f"(world_size {world_size} x workers {self.workers} x batch_size {cfg.batch_size}); "
-                f"every row stream needs its own shards"
+                f"every row stream needs its own shards{hint}"
             )
         self.lanes = lane_shards(self.tags, self.n_lanes, cfg.seed, cfg.shuffle_shards)
         self.live = None  # the iterator of the last __iter__ in this process
-
-    def _source(self):
-        c = self.cfg
-        return open_source(c.source, timeout_s=c.timeout_s, retries=c.retries, backoff_s=c.retry_backoff_s)
 
     def lane_ids(self, worker: int) -> list[int]:
         B = self.cfg.batch_size
@@ -80,15 +77,13 @@ class EpisodeIterator:
         self.cfg, self.worker = cfg, worker
         self.layout = [ds.world_size, ds.workers, cfg.batch_size, ds.rank, worker]
         self.tokenizer = load_tokenizer(cfg.tokenizer)
-        source = ds._source()
         self.lanes = ds.lane_ids(worker)
         self.streams = [
             DocumentStream(
-                source,
+                ds.reader,
                 ds.lanes[g],
                 self.tokenizer,
                 min_doc_tokens=cfg.min_doc_tokens,
-                max_doc_bytes=cfg.max_doc_bytes,
                 dedup=cfg.dedup,
                 dedup_memory=cfg.dedup_memory,
                 tokenize_batch_bytes=cfg.tokenize_batch_bytes,

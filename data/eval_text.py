@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .source import open_source, read_shard_tags
+from .config import DataConfig
+from .documents import open_documents
 from .stream import DocumentStream
 from .tokenizer import load_tokenizer
 
@@ -20,20 +21,27 @@ def load_eval_sequences(
     min_doc_tokens: int = 16384,
     listing: str | None = None,
     max_doc_bytes: int = 32 * 1024 * 1024,
+    **hf,
 ) -> torch.Tensor:
     """LongTensor [n, length]: sequence i starts at the start of a fresh document (stream order:
     listing order, deduplicated); a document shorter than `length` is followed by EOS and the
-    next one. Deterministic. Raises ValueError when the source has too few such documents."""
+    next one. Deterministic. Raises ValueError when the source has too few such documents.
+
+    `source`: a data.source string (with `listing`, or hf_data_files / hf_config / hf_split /
+    text_field for an hf:// source), or a recipe's DataConfig (its source and those keys)."""
     if length < 1 or n < 1:
         raise ValueError(f"length and n must be >= 1, got length={length}, n={n}")
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
-    src = open_source(source) if isinstance(source, str) else source
+    if isinstance(source, DataConfig):
+        cfg = source
+    else:
+        cfg = DataConfig(source=source, listing=listing, max_doc_bytes=max_doc_bytes, **hf)
+    reader, shards = open_documents(cfg)
     stream = DocumentStream(
-        src,
-        read_shard_tags(src, listing),
+        reader,
+        shards,
         tok,
         min_doc_tokens=min_doc_tokens,
-        max_doc_bytes=max_doc_bytes,
         dedup=True,
         dedup_memory=1_000_000,
         tokenize_batch_bytes=4 << 20,
@@ -54,6 +62,6 @@ def load_eval_sequences(
             if len(seqs) == n:
                 return torch.from_numpy(np.stack(seqs)).long()
     raise ValueError(
-        f"{source}: only {len(seqs)} evaluation sequence(s) of {length} tokens from documents of "
+        f"{cfg.source}: only {len(seqs)} evaluation sequence(s) of {length} tokens from documents of "
         f">= {min_doc_tokens} tokens, {n} asked"
     )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from . import counters as ctr
+from .config import DataConfig
+from .documents import open_documents
 from .progress import Progress
-from .source import open_source, read_shard_tags
 from .stream import DocumentStream
 from .tokenizer import load_tokenizer
 
@@ -22,16 +23,19 @@ def inspect_source(
     retries: int = 5,
     on_kept=None,
     progress: Progress | None = None,
+    **hf,
 ) -> dict[str, int]:
     """One pass over the shards in listing order (a single stream: dedup spans all shards);
-    calls on_kept(doc_id) for every kept document in stream order; returns the counters."""
-    src = open_source(source, timeout_s=timeout_s, retries=retries)
+    calls on_kept(doc_id) for every kept document in stream order; returns the counters.
+    `hf`: hf_data_files, hf_config, hf_split, hf_reshard, text_field for an hf:// source."""
+    cfg = DataConfig(source=source, listing=listing, tokenizer=tokenizer, min_doc_tokens=min_doc_tokens,
+                     max_doc_bytes=max_doc_bytes, dedup=dedup, timeout_s=timeout_s, retries=retries, **hf)  # fmt: skip
+    reader, shards = open_documents(cfg)
     stream = DocumentStream(
-        src,
-        read_shard_tags(src, listing),
+        reader,
+        shards,
         load_tokenizer(tokenizer),
         min_doc_tokens=min_doc_tokens,
-        max_doc_bytes=max_doc_bytes,
         dedup=dedup,
         dedup_memory=dedup_memory,
         tokenize_batch_bytes=4 << 20,
@@ -44,4 +48,10 @@ def inspect_source(
         if progress is not None:
             c = stream.counters
             progress.update(documents=c["read"], kept=c["kept"], tokens=c["tokens"])
+    if cfg.is_hf:
+        from .hf import no_text_field
+
+        if no_text_field(stream.counters):
+            raise ValueError(f"{source}: none of the {stream.counters['read']} rows has text in a field "
+                             f"{cfg.text_field!r} (set the text field)")  # fmt: skip
     return ctr.summary(stream.counters)

@@ -13,7 +13,7 @@ import json
 import time
 import zlib
 
-from .source import NETWORK_ERRORS, Unavailable, documents_path
+from .source import NETWORK_ERRORS, Unavailable, documents_path, has_duplicates_list, read_duplicate_ids
 
 TOO_LONG = b"\x00too-long"  # marker for a line over the byte limit (a JSON line cannot start with NUL)
 _IN_CHUNK = 1 << 20
@@ -121,7 +121,16 @@ def parse_doc(line: bytes, max_doc_bytes: int):
         return None, "bad_json"
     if not isinstance(doc, dict):
         return None, "bad_json"
-    text = doc.get("raw_content")
+    return check_text(doc.get("raw_content"), max_doc_bytes)
+
+
+def check_text(text, max_doc_bytes: int):
+    """(text, utf8 bytes) of a document's text field, or (None, outcome counter name)."""
+    if isinstance(text, (bytes, bytearray)):  # a binary column (parquet): must be UTF-8
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError:
+            return None, "bad_utf8"
     if not isinstance(text, str):
         return None, "bad_content"
     if not text:
@@ -133,3 +142,40 @@ def parse_doc(line: bytes, max_doc_bytes: int):
     if len(utf8) > max_doc_bytes:
         return None, "bad_too_large"
     return text, utf8
+
+
+class RPv2Reader:
+    """Documents of RedPajama-V2 shards: the listed duplicates dropped, each line parsed.
+
+    `open(tag, start, counters)` yields (line, doc_id, text, utf8) from line `start` on, or
+    (line, doc_id, None, outcome) for a line that ends there; shard-level outcomes are counted.
+    """
+
+    def __init__(self, source, *, max_doc_bytes: int, listed_dedup: bool):
+        self.source = source
+        self.max_doc_bytes = max_doc_bytes
+        # JSON escapes make a line at most ~6x its text ("\u0001"); the rest is metadata
+        self.max_line_bytes = 6 * max_doc_bytes + (1 << 20)
+        self.listed_dedup = listed_dedup
+
+    def __str__(self):
+        return str(self.source)
+
+    def empty_hint(self, counters) -> str:
+        return "lower data.min_doc_tokens or check data.source"
+
+    def open(self, tag: str, start: int, counters: dict):
+        dups = None
+        if self.listed_dedup and has_duplicates_list(tag):
+            dups = read_duplicate_ids(self.source, tag, counters)
+            if dups is None and start == 0:
+                counters["duplicates_missing"] += 1
+        return self._documents(tag, start, counters, dups)
+
+    def _documents(self, tag, start, counters, dups):
+        for line, raw in shard_lines(self.source, tag, counters, start_line=start, max_line_bytes=self.max_line_bytes):
+            doc_id = f"{tag}.json.gz/{line}"
+            if dups is not None and doc_id in dups:
+                yield line, doc_id, None, "dropped_duplicate_listed"
+                continue
+            yield (line, doc_id, *parse_doc(raw, self.max_doc_bytes))

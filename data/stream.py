@@ -1,8 +1,11 @@
-"""One document stream: shards -> lines -> dedup -> length filter -> token arrays.
+"""One document stream: shards -> documents -> dedup -> length filter -> token arrays.
 
 A stream owns a list of shards and walks them epoch after epoch (a fresh seeded shard order
-per epoch when shuffled). Its position (epoch, shard, line), its dedup memory and its
+per epoch when shuffled). Its position (epoch, shard, row), its dedup memory and its
 counters are its whole state; a restored stream continues exactly where it stopped.
+A reader turns one shard into documents: `RPv2Reader` (reader.py) for RedPajama-V2 shards,
+`HFReader` (hf.py) for the shards of a `datasets` streaming dataset; everything after
+reading is the same for both.
 """
 
 from __future__ import annotations
@@ -11,8 +14,6 @@ import numpy as np
 
 from .counters import new_counters
 from .dedup import StreamDedup
-from .reader import parse_doc, shard_lines
-from .source import has_duplicates_list, read_duplicate_ids
 
 
 class EmptyStream(RuntimeError):
@@ -22,12 +23,11 @@ class EmptyStream(RuntimeError):
 class DocumentStream:
     def __init__(
         self,
-        source,
+        reader,
         tags: list[str],
         tokenizer,
         *,
         min_doc_tokens: int,
-        max_doc_bytes: int,
         dedup: bool,
         dedup_memory: int,
         tokenize_batch_bytes: int,
@@ -35,14 +35,10 @@ class DocumentStream:
         epochs: int | None = 1,
         name: str = "stream",
     ):
-        self.source = source
+        self.reader = reader
         self.tags = list(tags)
         self.tokenizer = tokenizer
         self.min_doc_tokens = min_doc_tokens
-        self.max_doc_bytes = max_doc_bytes
-        # JSON escapes make a line at most ~6x its text ("\u0001"); the rest is metadata
-        self.max_line_bytes = 6 * max_doc_bytes + (1 << 20)
-        self.dedup = dedup
         self.stream_dedup = StreamDedup(dedup_memory if dedup else 0)
         self.tokenize_batch_bytes = tokenize_batch_bytes
         self.shuffle_seed = shuffle_seed
@@ -51,10 +47,9 @@ class DocumentStream:
         self.counters = new_counters()
         self.epoch = 0
         self.shard_pos = 0
-        self.line = 0  # next line to read in the current shard
+        self.line = 0  # next line (row) to read in the current shard
         self.kept_in_epoch = 0
         self._lines = None
-        self._dups: set[str] | None = None
         self._epoch_ended = False
         self._order = None
 
@@ -90,16 +85,7 @@ class DocumentStream:
     def _open_shard(self):
         if self._order is None:
             self._order = self.order(self.epoch)
-        tag = self._order[self.shard_pos]
-        self._dups = None
-        if self.dedup and has_duplicates_list(tag):
-            self._dups = read_duplicate_ids(self.source, tag, self.counters)
-            if self._dups is None and self.line == 0:
-                self.counters["duplicates_missing"] += 1
-        self._tag = tag
-        self._lines = shard_lines(
-            self.source, tag, self.counters, start_line=self.line, max_line_bytes=self.max_line_bytes
-        )
+        self._lines = self.reader.open(self._order[self.shard_pos], self.line, self.counters)
 
     def _next_shard(self):
         self._lines, self.line = None, 0
@@ -118,15 +104,10 @@ class DocumentStream:
             if item is None:
                 self._next_shard()
                 continue
-            line, raw = item
+            line, doc_id, text, utf8 = item
             self.line = line + 1
             c["read"] += 1
-            doc_id = f"{self._tag}.json.gz/{line}"
-            if self._dups is not None and doc_id in self._dups:
-                c["dropped_duplicate_listed"] += 1
-                continue
-            text, utf8 = parse_doc(raw, self.max_doc_bytes)
-            if text is None:
+            if text is None:  # utf8 names the outcome
                 c[utf8] += 1
                 continue
             # a byte-level BPE never makes more tokens than bytes: skip before tokenizing
@@ -169,8 +150,8 @@ class DocumentStream:
                 raise EmptyStream(
                     f"{self.name}: no document passed in a whole pass over its {len(self.tags)} shard(s) "
                     f"(read {c['read']}, short {c['dropped_short']}, duplicates "
-                    f"{c['dropped_duplicate_listed'] + c['dropped_duplicate_stream']}, failed shards {c['shards_failed']}); "
-                    f"lower data.min_doc_tokens or check data.source"
+                    f"{c['dropped_duplicate_listed'] + c['dropped_duplicate_stream']}, bad {_bad(c)}, "
+                    f"failed shards {c['shards_failed']}); {self.reader.empty_hint(c)}"
                 )
             self.epoch += 1
             self.counters["epochs"] += 1
@@ -185,3 +166,7 @@ class DocumentStream:
             if batch is None:
                 return
             yield from batch
+
+
+def _bad(c: dict) -> int:
+    return c["bad_json"] + c["bad_utf8"] + c["bad_content"] + c["bad_too_large"]

@@ -1,0 +1,180 @@
+"""hf:// sources: any corpus `datasets` can stream, read as shards of rows.
+
+    hf://OWNER/NAME                     a dataset on the HuggingFace hub (data.hf_config, data.hf_split)
+    hf://parquet | hf://json | hf://text with data.hf_data_files: local files, URLs or hf://datasets/... paths
+
+`datasets.load_dataset(..., streaming=True)` does the reading (file formats, remote files,
+the hub's own file listing). Its shards (`IterableDataset.num_shards`: one per file, or per
+parquet row group with data.hf_reshard) are the pipeline's shards: shard i is
+`ds.shard(num_shards, i)`, and the row streams deal them out exactly like RedPajama-V2
+shards (dataset.py). A row is addressed by (shard, row index), the position a stream saves.
+`datasets` is imported only here, and only when an hf:// source is used.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+
+from .config import HF_PREFIX
+from .reader import check_text
+
+# datasets' packaged builders for files whose rows can carry text
+BUILDERS = ("parquet", "json", "text", "csv", "arrow")
+_ROWS = 16  # rows per datasets batch: small, so that a damaged file loses few rows before the damage
+log = logging.getLogger(__name__)
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def data_files(cfg) -> list[str] | None:
+    """hf_data_files as a list of globs; local ones made absolute, each checked to match a file."""
+    files = cfg.hf_data_files
+    if files is None:
+        return None
+    out = []
+    for pattern in [files] if isinstance(files, str) else list(files):
+        if _is_remote(pattern):
+            out.append(pattern)
+            continue
+        path = os.path.abspath(os.path.expanduser(pattern))
+        if not any(os.path.isfile(p) for p in glob.iglob(path, recursive=True)):
+            raise FileNotFoundError(f"data.hf_data_files: no file matches {pattern!r}")
+        out.append(path)
+    return out
+
+
+def load_streaming(cfg):
+    """The `datasets.IterableDataset` that `cfg` (a DataConfig with an hf:// source) names."""
+    name = cfg.source[len(HF_PREFIX) :]
+    files = data_files(cfg)
+    kwargs = {}
+    if "/" not in name:
+        if name not in BUILDERS:
+            raise ValueError(
+                f"data.source {cfg.source!r}: use hf://OWNER/NAME for a hub dataset or "
+                f"hf://{{{','.join(BUILDERS)}}} with data.hf_data_files"
+            )
+        if files is None:
+            raise ValueError(f"data.source {cfg.source!r} reads data.hf_data_files: give a glob or a list")
+    if name == "text":
+        kwargs["sample_by"] = "document"  # a file is a document (the builder's default is a line)
+    import datasets
+
+    datasets.disable_progress_bars()  # "Resolving data files" bars on every rank and worker
+    try:
+        ds = datasets.load_dataset(
+            name, cfg.hf_config, data_files=files, split=cfg.hf_split, streaming=True, **kwargs
+        )
+        if cfg.hf_reshard:
+            ds = ds.reshard()
+    except Exception as e:  # datasets raises many types (hub, network, format, unknown split)
+        raise ValueError(f"data.source {cfg.source}: {_first_line(e)}") from None
+    return ds
+
+
+def _shard_label(sub) -> str | None:
+    """The file (and row group) behind a one-shard dataset, from its generator arguments."""
+    it = sub._ex_iterable
+    while it is not None and not hasattr(it, "kwargs"):
+        it = getattr(it, "ex_iterable", None)
+    kwargs = getattr(it, "kwargs", None) or {}
+    files = kwargs.get("base_files", kwargs.get("files"))
+    if not (isinstance(files, list) and len(files) == 1 and isinstance(files[0], str)):
+        return None
+    groups = kwargs.get("row_groups_list")
+    if isinstance(groups, list) and len(groups) == 1 and groups[0] is not None:
+        return f"{files[0]}:rg{'+'.join(str(g) for g in groups[0])}"
+    return files[0]
+
+
+def _strip_common_dir(names: list[str]) -> list[str]:
+    dirs = [n.split("/")[:-1] for n in names]
+    k = 0
+    while all(len(d) > k for d in dirs) and len({d[k] for d in dirs}) == 1:
+        k += 1
+    return ["/".join(n.split("/")[k:]) for n in names]
+
+
+def shard_names(ds) -> list[str]:
+    """A stable name per shard: its file path below the files' common folder (plus ':rgK' for a
+    parquet row group), or shard-00000... when the files cannot be told apart."""
+    n = ds.num_shards
+    labels = [_shard_label(ds.shard(num_shards=n, index=i)) for i in range(n)]
+    if None in labels or len(set(labels)) != n:
+        return [f"shard-{i:05d}" for i in range(n)]
+    return _strip_common_dir(labels)
+
+
+def no_text_field(counters: dict) -> bool:
+    """Every row read lacked the text field (or held no text in it)."""
+    return counters["read"] > 0 and counters["bad_content"] == counters["read"]
+
+
+class HFReader:
+    """Rows of the shards of a streaming `datasets` corpus (same interface as RPv2Reader).
+
+    `open(name, start, counters)` yields (row, doc_id, text, utf8) from row `start` on, or
+    (row, doc_id, None, outcome) for a row without usable text (text field missing or null:
+    bad_content; not text: bad_content; bytes that are not UTF-8: bad_utf8; "": dropped_empty;
+    over max_doc_bytes: bad_too_large). doc_id is "{shard name}/{row}". A shard `datasets`
+    cannot read to its end counts as failed (no row) or truncated (the rows before the error
+    are used), like a RedPajama-V2 shard.
+    """
+
+    def __init__(self, cfg):
+        self.source = cfg.source
+        self.field = cfg.text_field
+        self.max_doc_bytes = cfg.max_doc_bytes
+        self.ds = load_streaming(cfg)
+        self.columns = list(self.ds.features) if self.ds.features is not None else None
+        if self.columns is not None and self.field not in self.columns:
+            raise ValueError(
+                f"data.text_field {self.field!r} is not a column of {self.source} "
+                f"(columns: {', '.join(self.columns)})"
+            )
+        self.names = shard_names(self.ds)
+        self.index = {name: i for i, name in enumerate(self.names)}
+        self.last_error = None
+
+    def __str__(self):
+        return self.source
+
+    def empty_hint(self, counters) -> str:
+        if no_text_field(counters):
+            return f"no row has text in a field {self.field!r}: set data.text_field"
+        if self.last_error:
+            return f"check data.source (last read error: {self.last_error})"
+        return "lower data.min_doc_tokens or check data.source"
+
+    def open(self, name: str, start: int, counters: dict):
+        sub = self.ds.shard(num_shards=len(self.names), index=self.index[name])
+        return self._rows(sub, name, start, counters)
+
+    def _rows(self, sub, name: str, start: int, counters: dict):
+        row, delivered = 0, False
+        try:
+            # .iter, not iter(sub): in a DataLoader worker the latter would split the shard
+            # again over the workers
+            for batch in sub.iter(batch_size=_ROWS):
+                col = batch.get(self.field)
+                n = len(col) if col is not None else len(next(iter(batch.values()), ()))
+                delivered = True
+                for j in range(max(0, start - row), n):
+                    yield (row + j, f"{name}/{row + j}", *check_text(col[j] if col is not None else None,
+                                                                       self.max_doc_bytes))
+                row += n
+        except Exception as e:  # whatever datasets raised while reading this shard's files
+            self.last_error = f"{name}: {_first_line(e)}"
+            log.warning("data: %s: %s", self.source, self.last_error)
+            counters["shards_truncated" if delivered else "shards_failed"] += 1
+            return
+        counters["shards_read"] += 1
