@@ -1,4 +1,4 @@
-"""`stuffed-mamba data {inspect,prepare}`: look at a RedPajama-V2 source; mirror part of it."""
+"""`stuffed-mamba data {inspect,prepare}`: look at a source (RedPajama-V2 or hf://); mirror it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("data", help="inspect a RedPajama-V2 source or prepare a local mirror")
+    p = subparsers.add_parser("data", help="inspect a data source or prepare a local mirror")
     sub = p.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
 
     q = sub.add_parser(
@@ -17,8 +17,9 @@ def add_parser(subparsers) -> None:
         "with --emit-ids the kept documents' ids go to stdout, one a line in stream order, and the "
         "counts to stderr. Progress lines (documents, tokens, rate) go to stderr every 5 s.",
     )
-    q.add_argument("source", metavar="SOURCE", help="local mirror folder or base URL")
+    q.add_argument("source", metavar="SOURCE", help="RedPajama-V2 mirror folder or base URL, or hf://NAME")
     q.add_argument("--listing", metavar="FILE", help="a listings/*.txt name or a local file (default: all)")
+    _hf_arguments(q)
     q.add_argument("--tokenizer", metavar="SPEC", default="data/sample/tokenizer.json")
     q.add_argument("--min-doc-tokens", metavar="N", type=int, default=4096)
     q.add_argument("--no-dedup", action="store_true", help="keep listed and in-stream duplicates")
@@ -30,18 +31,53 @@ def add_parser(subparsers) -> None:
 
     r = sub.add_parser(
         "prepare",
-        help="copy shards of a source (URL or folder) into a local mirror with the same layout",
-        description="Downloads documents and duplicates lists (and optionally quality signals) of the "
-        "listing's first N shards into OUT, and writes OUT/listings/<listing>. Run it again to resume.",
+        help="copy shards of a source (URL, folder or hf://NAME) into a local mirror",
+        description="RedPajama-V2: downloads documents and duplicates lists (and optionally quality "
+        "signals) of the listing's first N shards into OUT, and writes OUT/listings/<listing>. "
+        "hf://NAME: writes every shard (or the first N) as OUT/<shard>.parquet with the text column, "
+        "readable offline as data.source=hf://parquet, data.hf_data_files=OUT/*.parquet. "
+        "Run it again to resume.",
     )
-    r.add_argument("source", metavar="SOURCE", help="base URL (or folder) in the RedPajama-V2 layout")
+    r.add_argument("source", metavar="SOURCE", help="base URL (or folder) in the RedPajama-V2 layout, or hf://NAME")
     r.add_argument("out", metavar="OUT", help="the local mirror folder to fill")
-    r.add_argument("--listing", metavar="FILE", required=True, help="a listings/*.txt name or a local file")
-    r.add_argument("--shards", metavar="N", type=int, help="only the first N shards of the listing")
+    r.add_argument("--listing", metavar="FILE", help="a listings/*.txt name or a local file (RedPajama-V2: required)")
+    r.add_argument("--shards", metavar="N", type=int, help="only the first N shards (of the listing)")
+    _hf_arguments(r)
     r.add_argument("--quality-signals", action="store_true", help="also copy quality_signals/")
     r.add_argument("--timeout", metavar="S", type=float, default=60.0)
     r.add_argument("--retries", metavar="N", type=int, default=5)
     r.set_defaults(func=run_prepare)
+
+
+def _hf_arguments(p) -> None:
+    g = p.add_argument_group("hf:// sources (datasets streaming)")
+    g.add_argument("--data-files", metavar="GLOB", action="append", help="data.hf_data_files (repeatable)")
+    g.add_argument("--text-field", metavar="F", default="text", help="the column holding the text (default: text)")
+    g.add_argument("--config", metavar="NAME", dest="hf_config", help="the dataset's configuration")
+    g.add_argument("--split", metavar="S", default="train", help="default: train")
+    g.add_argument("--reshard", action="store_true", help="parquet: one shard per row group")
+
+
+def _hf_keys(args) -> dict:
+    """The hf_* keywords of an hf:// source (none for RedPajama-V2: DataConfig rejects them there)."""
+    if not args.source.startswith("hf://"):
+        given = [f for f, v in (("--data-files", args.data_files), ("--config", args.hf_config),
+                                ("--reshard", args.reshard)) if v] + [
+            f for f, v, d in (("--text-field", args.text_field, "text"), ("--split", args.split, "train")) if v != d
+        ]  # fmt: skip
+        if given:
+            from stuffed_mamba.cli import CLIError
+
+            raise CLIError(f"{', '.join(given)}: for hf:// sources only (SOURCE is {args.source!r})")
+        return {}
+    files = args.data_files
+    return {
+        "hf_data_files": files[0] if files and len(files) == 1 else files,
+        "hf_config": args.hf_config,
+        "hf_split": args.split,
+        "hf_reshard": args.reshard,
+        "text_field": args.text_field,
+    }
 
 
 def _cli_error(e: Exception):
@@ -59,6 +95,7 @@ def run_inspect(args) -> int:
 
         raise CLIError(f"--min-doc-tokens must be >= 1, got {args.min_doc_tokens}")
     emit = (lambda doc_id: print(doc_id)) if args.emit_ids else None
+    hf = _hf_keys(args)
     try:
         counts = inspect_source(
             args.source,
@@ -70,6 +107,7 @@ def run_inspect(args) -> int:
             retries=args.retries,
             on_kept=emit,
             progress=Progress("inspect"),
+            **hf,
         )
     except (OSError, ValueError, RuntimeError) as e:
         raise _cli_error(e) from None
@@ -84,20 +122,31 @@ def run_inspect(args) -> int:
 
 
 def run_prepare(args) -> int:
-    from stuffed_mamba.data.prepare import prepare_mirror
     from stuffed_mamba.data.progress import Progress
 
+    hf = _hf_keys(args)
     try:
-        report = prepare_mirror(
-            args.source,
-            args.out,
-            listing=args.listing,
-            shards=args.shards,
-            quality_signals=args.quality_signals,
-            timeout_s=args.timeout,
-            retries=args.retries,
-            progress=Progress("prepare"),
-        )
+        if hf:
+            from stuffed_mamba.data.prepare import prepare_hf
+
+            if args.listing:
+                raise ValueError("--listing is for RedPajama-V2 sources")
+            report = prepare_hf(args.source, args.out, shards=args.shards, progress=Progress("prepare"), **hf)
+        else:
+            from stuffed_mamba.data.prepare import prepare_mirror
+
+            if not args.listing:
+                raise ValueError("--listing is required for a RedPajama-V2 source")
+            report = prepare_mirror(
+                args.source,
+                args.out,
+                listing=args.listing,
+                shards=args.shards,
+                quality_signals=args.quality_signals,
+                timeout_s=args.timeout,
+                retries=args.retries,
+                progress=Progress("prepare"),
+            )
     except (OSError, ValueError, RuntimeError) as e:
         raise _cli_error(e) from None
     print(json.dumps(report, indent=1))
