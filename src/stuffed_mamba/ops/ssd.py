@@ -12,6 +12,11 @@ The block decomposition splits T into blocks of Q tokens and computes
   3. the states passed between blocks (a recurrence over blocks, starting at the initial state),
   4. the output each block gets from the state entering it.
 
+Step 3 is the same recurrence one level up (blocks instead of tokens). Up to `_MAX_BLOCKS_MATRIX`
+blocks it is one [c+1, c+1] decay matrix, as in the paper's listing; beyond, the blocks are grouped
+into super-blocks of that many blocks and the recurrence is applied again to the super-blocks
+(`_pass_states` calls itself), so time and memory stay linear in T and there is no loop per block.
+
 Letters in einsum strings: b batch, c block, l/s positions in a block (query / key), g group,
 r heads per group (h = g*r), p head dim (P), n state dim (N).
 """
@@ -26,8 +31,8 @@ import torch.nn.functional as F
 # forward+backward per layer 62 ms at 64 vs 200 ms at 256), since the quadratic part shrinks with Q.
 TORCH_BLOCK_LEN = 64
 
-# Above this many blocks the inter-block recurrence runs as a loop instead of a [c, c] decay matrix,
-# whose memory grows quadratically with the sequence length.
+# Blocks per level of the inter-block recurrence (step 3): one [S+1, S+1] decay matrix per group of
+# S blocks. A single matrix over all c blocks would grow quadratically with T.
 _MAX_BLOCKS_MATRIX = 64
 
 
@@ -113,18 +118,7 @@ def ssd(
     else:
         h0 = initial_state.float().reshape(b, g, r, p, n)
     block_decay = a_cs[..., -1]  # (b, c, g, r): log alpha over each whole block
-    if c <= _MAX_BLOCKS_MATRIX:
-        all_states = torch.cat([h0[:, None], states], dim=1)  # (b, c+1, g, r, p, n)
-        decay_chunk = segsum_exp(F.pad(block_decay.permute(0, 2, 3, 1), (1, 0)))  # (b, g, r, c+1, c+1)
-        new_states = torch.einsum("bgrzc,bcgrpn->bzgrpn", decay_chunk, all_states)
-        entering, final = new_states[:, :-1], new_states[:, -1]
-    else:
-        entering_list = []
-        hk = h0
-        for k in range(c):
-            entering_list.append(hk)
-            hk = torch.exp(block_decay[:, k])[..., None, None] * hk + states[:, k]
-        entering, final = torch.stack(entering_list, dim=1), hk
+    entering, final = _pass_states(states, block_decay, h0)
 
     # 4. Output from the state entering each block: C_l alpha_{1:l} H_{k-1}
     Ch = Cc.permute(0, 1, 3, 2, 4)  # (b, c, g, l, n)
@@ -134,6 +128,45 @@ def ssd(
     if D is not None:
         Y = Y + xf * D.float()[:, None]
     return Y.to(out_dtype), final.reshape(b, h, p, n)
+
+
+def _pass_states(
+    states: torch.Tensor, log_decay: torch.Tensor, h0: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """H_k = alpha_k H_{k-1} + states_k for k = 1..c, H_0 = h0 (step 3, linear in c).
+
+    Args:
+        states:    [b, c, g, r, p, n]  state each block leaves from its own tokens
+        log_decay: [b, c, g, r]        log alpha_k over each whole block
+        h0:        [b, g, r, p, n]     state entering the first block, None for zeros
+    Returns:
+        entering: [b, c, g, r, p, n] (H_0 .. H_{c-1}), final: [b, g, r, p, n] (H_c).
+    """
+    b, c, g, r, p, n = states.shape
+    S = _MAX_BLOCKS_MATRIX
+    if c <= S:
+        # H_z = alpha_{1:z} h0 + sum_{1<=k<=z} alpha_{k+1:z} states_k: one decay matrix over the blocks
+        decay_chunk = segsum_exp(F.pad(log_decay.permute(0, 2, 3, 1), (1, 0)))  # (b, g, r, z, k), z, k = 0..c
+        new_states = torch.einsum("bgrzk,bkgrpn->bzgrpn", decay_chunk[..., 1:], states)  # (b, c+1, g, r, p, n)
+        if h0 is not None:
+            new_states = new_states + torch.einsum("bgrz,bgrpn->bzgrpn", decay_chunk[..., 0], h0)
+        return new_states[:, :-1], new_states[:, -1]
+
+    # Super-blocks of S blocks; padding blocks have alpha = 1 and no insertion (the final state is kept).
+    pad = (-c) % S
+    if pad:
+        states = F.pad(states, (0, 0, 0, 0, 0, 0, 0, 0, 0, pad))
+        log_decay = F.pad(log_decay, (0, 0, 0, 0, 0, pad))
+    K = (c + pad) // S
+    decay_s = log_decay.reshape(b, K, S, g, r)
+    # 3a. Inside each super-block from a zero state: H^0_j, and the state each super-block leaves.
+    local, leaving = _pass_states(states.reshape(b * K, S, g, r, p, n), log_decay.reshape(b * K, S, g, r), None)
+    # 3b. Between super-blocks: the same recurrence, alpha over each whole super-block.
+    entering_super, final = _pass_states(leaving.reshape(b, K, g, r, p, n), decay_s.sum(2), h0)  # (b, K, g, r, p, n)
+    # 3c. H_j = H^0_j + alpha_{1:j} H_(entering the super-block), alpha_{1:j} over its blocks before j.
+    decay_in = torch.exp(torch.cumsum(decay_s, dim=2) - decay_s)  # (b, K, S, g, r)
+    entering = local.reshape(b, K, S, g, r, p, n) + decay_in[..., None, None] * entering_super[:, :, None]
+    return entering.reshape(b, K * S, g, r, p, n)[:, :c], final
 
 
 def ssd_step(
