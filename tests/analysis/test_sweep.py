@@ -38,8 +38,9 @@ train_lengths: [16, 32]
 tokens_per_run: 192
 overrides: ["optim.total_steps={{max_steps}}", "optim.warmup_steps={{warmup_steps}}"]
 eval:
-  position_loss: {{length: 256, min_multiple: 4, sequences: 2, chunk_size: 128}}
+  position_loss: {{length: 256, samples: 2, prefill_chunk: 128}}
   passkey: {{lengths: [128], samples: 2}}
+  retention: {{min_doc_tokens: 1024}}
 """
 
 
@@ -90,14 +91,15 @@ def test_two_tiny_runs_end_to_end(tmp_path, capsys):
     by = {r["cell"]: r for r in rows}
     for r in rows:
         assert r["status"] == "ok", r["status"]
-        assert isinstance(r["learned_to_forget"], bool)
-        assert r["eval_length"] == 256 - 1 or r["eval_length"] == 256  # positions with a next token
-        assert r["max_loss_within"] > 0 and r["final_train_loss"] is not None
-        assert r["late_loss_rise"] == pytest.approx(r["loss_late"] - r["loss_near_train_length"])
-        assert set(r["passkey_accuracy"]) == {"128"}
+        assert r["position_loss/learned_to_forget"] in (0.0, 1.0)
+        assert r["position_loss/max_within"] > 0 and r["final_train_loss"] is not None
+        assert "passkey/acc/T=128" in r and "passkey/T_recall" in r
+        assert {"retention", "states"} <= {k.split("/")[0] for k in r}  # every registered probe, by default
         assert (tmp_path / "out" / "runs" / r["cell"] / "checkpoints" / "last.ckpt").exists()
-        curve = json.loads((tmp_path / "out" / "runs" / r["cell"] / "position_loss.json").read_text())
-        assert len(curve["positions"]) == len(curve["loss"]) > 0
+        summary = json.loads((tmp_path / "out" / "runs" / r["cell"] / "eval" / "position_loss.json").read_text())
+        assert summary["positions"] == 256  # positions with a next token
+        assert summary["late_loss_rise"] == pytest.approx(summary["loss_late"] - summary["loss_near_train_length"])
+        assert len(summary["bucket_positions"]) == len(summary["bucket_loss"]) > 0
     # N_S from the loaded checkpoint's Mamba2Config equals the calculator's for the cell's fields
     from stuffed_mamba.analysis.state_size import state_size
 
@@ -108,10 +110,11 @@ def test_two_tiny_runs_end_to_end(tmp_path, capsys):
     assert main(["analyze", "sweep", str(path), "--cell", "0"]) == 0
     assert "already done" in capsys.readouterr().out
     # evaluating again with other eval settings: no training, the new row supersedes the old
-    assert main(["analyze", "sweep", str(path), "eval.position_loss.sequences=1", "--cell", "0,1", "--reevaluate"]) == 0
+    assert main(["analyze", "sweep", str(path), "eval.position_loss.buckets=3", "--cell", "0,1", "--reevaluate"]) == 0
     assert "n8_T32: no finished fit" in capsys.readouterr().out
     again, _ = read_results(tmp_path / "out")
-    assert len(again) == 2 and {r["cell"]: r["eval_sequences"] for r in again} == {"n8_T16": 1, "n16_T32": 2}
+    n_buckets = {r["cell"]: sum(k.startswith("position_loss/bucket/") for k in r) for r in again}
+    assert len(again) == 2 and n_buckets["n8_T16"] <= 3 < n_buckets["n16_T32"]
     assert not (tmp_path / "out" / "runs" / "n8_T32").exists()
     rows = again
     # the analyzer reads the table: thresholds per state size, plots written

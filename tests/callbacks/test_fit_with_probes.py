@@ -23,7 +23,7 @@ def _fit(run_dir: Path, probes: bool):
         f"probes.enabled={str(probes).lower()}",
         "probes.passkey.every_n_steps=2", "probes.passkey.lengths=[300,600]", "probes.passkey.samples=2",
         "probes.passkey.last_r=[400]", "probes.passkey.max_new_tokens=3",
-        "probes.retention.every_n_steps=2", "probes.retention.length=192",
+        "probes.retention.every_n_steps=2", "probes.retention.length=192", "probes.retention.min_doc_tokens=1024",
         "probes.states.every_n_steps=2", "probes.states.length=192", "probes.states.n_points=6",
         "probes.position_loss.every_n_steps=2", "probes.position_loss.length=192", "probes.position_loss.samples=1",
         "probes.position_loss.min_doc_tokens=1024", "probes.position_loss.buckets=6",
@@ -87,8 +87,8 @@ def test_tensorboard_has_probe_scalars_images_and_layout(runs):
                 "probes/position_loss/max_beyond"):
         assert tag in scalars, tag
         assert [e.step for e in acc.Scalars(tag)] == [2, 4]
-    assert set(tags["images"]) == {"probes/passkey/heatmap", "probes/retention/curves", "probes/states/curves",
-                                   "probes/position_loss/curve"}
+    assert set(tags["images"]) == {"probes/passkey/heatmap", "probes/passkey/last_r", "probes/retention/curves",
+                                   "probes/states/curves", "probes/position_loss/curve"}
     img = acc.Images("probes/passkey/heatmap")[-1]
     assert img.width > 100 and img.height > 100 and img.step == 4
 
@@ -106,11 +106,11 @@ def test_tensorboard_has_probe_scalars_images_and_layout(runs):
 @pytest.mark.parametrize("argv,files", [
     (["passkey", "--lengths", "300,600", "--samples", "2", "--max-new-tokens", "3", "--last-r", "400"],
      ["passkey.json", "passkey.txt", "passkey_heatmap.png", "passkey_last_r.png"]),
-    (["retention", "--length", "192"], ["retention.json", "retention.txt", "retention.png"]),
-    (["states", "--length", "192", "--points", "6"], ["states.json", "states.txt", "states.png"]),
+    (["retention", "--length", "192"], ["retention.json", "retention.txt", "retention_curves.png"]),
+    (["states", "--length", "192", "--points", "6"], ["states.json", "states.txt", "states_curves.png"]),
     (["loss", "--length", "150", "--samples", "1", "--min-doc-tokens", "1024", "--buckets", "6",
       "--intervention", "none", "--intervention", "longmamba:0.5"],
-     ["loss.json", "loss.txt", "loss_vs_position.png"]),
+     ["loss.json", "loss.txt", "loss_curve_none.png", "loss_curve_longmamba0.5.png"]),
 ])
 def test_eval_cli_on_the_runs_lightning_checkpoint(runs, tmp_path, capsys, argv, files):
     """Acceptance 7: the eval CLI on a real tiny Lightning checkpoint writes table, JSON and PNGs;

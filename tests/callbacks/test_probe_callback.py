@@ -17,6 +17,7 @@ from stuffed_mamba.callbacks import (
     build_callbacks,
 )
 from stuffed_mamba.callbacks.base import ProbeCallback
+from stuffed_mamba.probes.registry import Context
 from tests.probes.conftest import ByteTok, make_tiny_lm
 
 
@@ -125,13 +126,13 @@ def test_zero3_skips_without_deadlock():
 
 @pytest.mark.parametrize("make", ["passkey", "retention", "states", "position_loss"])
 def test_each_probe_callback_runs_on_a_tiny_model(make, tmp_path):
-    tok = ByteTok()
-    ids = lambda: torch.randint(0, 256, (2, 200), generator=torch.Generator().manual_seed(0))  # noqa: E731
+    text = lambda length, n, min_doc: torch.randint(0, 256, (n, length), generator=torch.Generator().manual_seed(0))  # noqa: E731
+    ctx = Context(tokenizer=ByteTok(), train_length=50, eval_text=text)
     cb = {
-        "passkey": lambda: PasskeyCallback(tok, [400], samples=2, max_new_tokens=2, every_n_steps=1),
-        "retention": lambda: RetentionCallback(ids, 50, every_n_steps=1),
-        "states": lambda: StateStatsCallback(tok, 50, length=200, n_points=4, every_n_steps=1),
-        "position_loss": lambda: PositionLossCallback(ids, 50, buckets=6, every_n_steps=1),
+        "passkey": lambda: PasskeyCallback(ctx, lengths=[400], samples=2, max_new_tokens=2, every_n_steps=1),
+        "retention": lambda: RetentionCallback(ctx, length=200, samples=2, every_n_steps=1),
+        "states": lambda: StateStatsCallback(ctx, length=200, n_points=4, every_n_steps=1),
+        "position_loss": lambda: PositionLossCallback(ctx, length=200, samples=2, buckets=6, every_n_steps=1),
     }[make]()
     cb.raise_errors = True
     cb.run_dir = str(tmp_path)
@@ -146,7 +147,8 @@ def test_build_callbacks_from_config():
                           tokenizer=ByteTok(), data_cfg=data, run_dir="/tmp/x")
     names = [type(c).__name__ for c in cbs]
     assert names == ["PasskeyCallback", "RetentionCallback", "PositionLossCallback", "ForgettingDashboard"]
-    assert cbs[0].every_n_steps == 7 and cbs[0].lengths == [512]  # T_train/2 .. 4 T_train, at least 512
+    assert cbs[0].every_n_steps == 7
+    assert cbs[0].probe.lengths(cbs[0].cfg, cbs[0].ctx) == [512]  # T_train/2 .. 4 T_train, at least 512
     assert build_callbacks(ProbesConfig(enabled=False), tokenizer=None, data_cfg=data) == []
     with pytest.raises(Exception, match="nope"):
         build_callbacks({"passkey": {"nope": 1}}, tokenizer=None, data_cfg=data)
@@ -165,6 +167,6 @@ def test_missing_evaluation_text_is_reported_once_then_cached():
         calls.append(1)
         raise ValueError("only 0 evaluation sequence(s)")
 
-    cb = PositionLossCallback(no_text, 50, every_n_steps=1)
+    cb = PositionLossCallback(Context(train_length=50, eval_text=lambda *a: no_text()), every_n_steps=1)
     drive(cb, [1, 2, 3])
     assert cb.failures == 3 and len(calls) == 1 and "evaluation text" in cb.last_error

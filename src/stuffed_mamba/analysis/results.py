@@ -6,8 +6,9 @@ a newer row, and readers keep the last row of each cell. CSV is accepted too (fo
 written by hand, e.g. the paper's points), with the same column names.
 
 Columns the analyzer needs: `state_size` (N_S, floats) and `train_length` (tokens), plus
-`learned_to_forget` (bool, section 4.2) and/or `t_recall` (tokens, section 4.3; empty when
-no tested length reached 95% passkey accuracy).
+`position_loss/learned_to_forget` (section 4.2) and/or `passkey/T_recall` (tokens, section
+4.3; 0 or empty when no tested length reached 95% passkey accuracy). Tables written before
+the probe registry name them `learned_to_forget` and `t_recall`; both are read.
 """
 
 from __future__ import annotations
@@ -20,11 +21,21 @@ from pathlib import Path
 from typing import Any, Iterable
 
 REQUIRED = ("state_size", "train_length")
+# the probes' columns the analysis reads: (sweep column, older tables' name)
+LEARNED_TO_FORGET = ("position_loss/learned_to_forget", "learned_to_forget")
+LATE_LOSS_RISE = ("position_loss/late_loss_rise", "late_loss_rise")
+T_RECALL = ("passkey/T_recall", "t_recall")
+
+
+def column(row: dict[str, Any], names: tuple[str, ...]) -> Any:
+    """The first of `names` the row has (None when none)."""
+    return next((row[n] for n in names if n in row), None)
+
 # column order for printing and CSV export; extra keys are kept after these
 COLUMNS = (
     "cell", "model", "state_size", "train_length", "segments", "max_steps", "tokens_trained",
-    "final_train_loss", "eval_length", "max_loss_within", "max_loss_beyond", "loss_ratio",
-    "learned_to_forget", "t_recall", "passkey_lengths", "fit_seconds", "eval_seconds", "status",
+    "final_train_loss", "position_loss/max_within", "position_loss/max_beyond", "position_loss/beyond_over_within",
+    "position_loss/learned_to_forget", "passkey/T_recall", "fit_seconds", "eval_seconds", "status",
 )
 
 

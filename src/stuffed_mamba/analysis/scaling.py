@@ -18,7 +18,7 @@ from stuffed_mamba.analysis.fits import (
     PAPER_T_FORGET, PAPER_T_RECALL, PAPER_UNITS, ExponentialLaw, LinearLaw,
     fit_exponential, fit_linear, pick_unit, unit_name,
 )
-from stuffed_mamba.analysis.results import read_results, write_csv
+from stuffed_mamba.analysis.results import LATE_LOSS_RISE, LEARNED_TO_FORGET, T_RECALL, column, read_results, write_csv
 from stuffed_mamba.analysis.thresholds import Threshold, thresholds
 
 
@@ -120,7 +120,7 @@ def analyze(
             paper_r = _rescaled(PAPER_T_RECALL, x_unit, y_unit) if in_paper_range else None
             rep.plots.append(plot_forget_law(ths, out / "forget_law.png", fit=rep.forget_fit, paper=paper_f,
                                              x_unit=x_unit, y_unit=y_unit, criterion=criterion))
-            if any(t.t_recall is not None for t in ths) or any("t_recall" in r for r in rows):
+            if any(t.t_recall is not None for t in ths) or any(column(r, T_RECALL) is not None for r in rows):
                 rep.plots.append(plot_recall_law(ths, out / "recall_law.png", fit=rep.recall_fit, paper=paper_r,
                                                  x_unit=x_unit, y_unit=y_unit))
             rep.plots.extend(_position_loss_plots(results, rows, out))
@@ -137,9 +137,13 @@ def _position_loss_plots(results, rows, out: Path) -> list[Path]:
     root = root if root.is_dir() else root.parent
     by_model: dict[str, list[dict[str, Any]]] = {}
     for r in sorted(rows, key=lambda r: int(r["train_length"])):
-        f = root / "runs" / str(r.get("cell")) / "position_loss.json"
-        if r.get("cell") and f.is_file():
+        run = root / "runs" / str(r.get("cell"))
+        f = next((p for p in (run / "eval" / "position_loss.json", run / "position_loss.json") if p.is_file()), None)
+        if r.get("cell") and f is not None:
             c = json.loads(f.read_text())
+            if "bucket_loss" in c:  # the probe's summary (older sweeps saved the curve alone)
+                c = {"positions": c["bucket_positions"], "loss": c["bucket_loss"], "train_length": c["train_length"],
+                     "learned_to_forget": c["learned_to_forget"]}
             c["label"] = f"T_train={r['train_length']}"
             by_model.setdefault(str(r.get("model")), []).append(c)
     return [
@@ -202,12 +206,16 @@ def format_markdown(rep: ScalingReport) -> str:
            "| learned_to_forget (2x) | late loss rise | forgets by " + rep.criterion + " | passkey acc | T_recall |",
            "|" + "---|" * 13]
     for r in sorted(rep.rows, key=lambda r: (int(r["state_size"]), int(r["train_length"]))):
-        acc = r.get("passkey_accuracy") or {}
+        acc = r.get("passkey_accuracy") or {k[len("passkey/acc/T="):]: v for k, v in r.items()
+                                            if k.startswith("passkey/acc/T=")}
+        ltf = column(r, LEARNED_TO_FORGET)
         out.append("| " + " | ".join([
             str(r.get("cell", "")), f"{int(r['state_size']):,}", str(r["train_length"]), f(r.get("max_steps")),
-            f(r.get("final_train_loss")), f(r.get("max_loss_within")), f(r.get("max_loss_beyond")),
-            f(r.get("loss_ratio"), ".2f"), f(r.get("learned_to_forget")), f(r.get("late_loss_rise"), "+.3f"),
-            f(verdict(r, rep.criterion)), " ".join(f"{k}:{v:.2f}" for k, v in acc.items()), f(r.get("t_recall")),
+            f(r.get("final_train_loss")), f(column(r, ("position_loss/max_within", "max_loss_within"))),
+            f(column(r, ("position_loss/max_beyond", "max_loss_beyond"))),
+            f(column(r, ("position_loss/beyond_over_within", "loss_ratio")), ".2f"),
+            f(None if ltf in (None, "") else bool(ltf)), f(column(r, LATE_LOSS_RISE), "+.3f"),
+            f(verdict(r, rep.criterion)), " ".join(f"{k}:{v:.2f}" for k, v in acc.items()), f(column(r, T_RECALL)),
         ]) + " |")
     out += ["", f"| N_S | runs (T_train, + forgets by {rep.criterion}) | T_forget | T_recall |", "|---|---|---|---|"]
     for t in rep.thresholds:

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from stuffed_mamba.analysis.results import LATE_LOSS_RISE, LEARNED_TO_FORGET, T_RECALL, column
+
 
 @dataclass
 class Threshold:
@@ -58,8 +60,8 @@ def verdict(row: dict[str, Any], criterion: str = "paper") -> bool | None:
     """
     x = parse_criterion(criterion)
     if x is None:
-        return _bool(row.get("learned_to_forget"))
-    rise = row.get("late_loss_rise")
+        return _bool(column(row, LEARNED_TO_FORGET))
+    rise = column(row, LATE_LOSS_RISE)
     return None if rise in (None, "") else float(rise) <= x
 
 
@@ -76,7 +78,8 @@ def _threshold(n_s: int, rows: list[dict[str, Any]], criterion: str) -> Threshol
     names = sorted({str(r.get("model")) for r in rows if r.get("model")})
     runs = sorted((int(r["train_length"]), verdict(r, criterion)) for r in rows)
     known = [(t, ok) for t, ok in runs if ok is not None]
-    recalls = [int(r["t_recall"]) for r in rows if r.get("t_recall") not in (None, "")]
+    # 0 = no tested length reached 95%: no point, like an empty cell
+    recalls = [int(v) for v in (column(r, T_RECALL) for r in rows) if v not in (None, "", 0)]
     t_recall = max(recalls) if recalls else None
     if not known:
         return Threshold(n_s, "/".join(names), None, "no_data", True, t_recall, runs)

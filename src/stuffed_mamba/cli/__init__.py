@@ -21,7 +21,8 @@ _COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """argv: when given, command groups may skip building the sub-parsers of other commands."""
     parser = argparse.ArgumentParser(
         prog="stuffed-mamba",
         description="Extend Mamba-2 language models to long contexts and watch whether they learn to forget.",
@@ -34,12 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
             if e.name == f"stuffed_mamba.cli.{module}":
                 continue  # command not built yet
             raise
-        mod.add_parser(sub)
+        if name == "eval":
+            mod.add_parser(sub, argv)
+        else:
+            mod.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         rc = args.func(args)

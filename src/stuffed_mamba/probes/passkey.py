@@ -21,6 +21,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from stuffed_mamba.probes.prefill import prefill
+from stuffed_mamba.probes.registry import Context, Probe, ProbeSettings, heading, knob
 
 # Appendix B.1. Inside a paragraph the paper's line breaks are its page wrapping (at ~63
 # characters: "Here we / go." breaks mid-sentence), so sentences of a paragraph are joined by
@@ -227,3 +228,89 @@ def evaluate_passkey(
                 if progress is not None:
                     progress(trial)
     return result
+
+
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class PasskeyConfig(ProbeSettings):
+    """Passkey retrieval (appendix B.1): accuracy per (length, depth), T_recall."""
+
+    lengths: Optional[list[int]] = knob(None, "context lengths T, e.g. 1K,2K,...,256K (default: `multiples` of "
+                                              "T_train, at least `min_length`)", tokens=True)
+    multiples: list[float] = knob([0.5, 1.0, 2.0, 4.0], "default lengths as multiples of T_train")
+    min_length: int = knob(512, "floor of the default lengths: room for the prompt's own text", tokens=True)
+    samples: int = knob(4, "needle depths per length: the i-th at depth i/n (token T*i/n - 1)")
+    repeats: int = knob(1, "keys per (length, depth)")
+    last_r: list[int] = knob([1024, 2048, 4096, 8192], "accuracy with the needle within the last r tokens (fig. 13)",
+                             tokens=True)
+    prefill_chunk: int = knob(4096, "tokens per prefill forward; the state is carried between chunks")
+    max_new_tokens: int = knob(8, "greedy tokens decoded after the question")
+    seed: int = knob(0, "seed of the probe's own generator of 5-digit keys")
+
+
+class PasskeyProbe(Probe):
+    name = "passkey"
+    Config = PasskeyConfig
+    layout = {
+        "passkey accuracy per length": ["Multiline", [r"probes/passkey/acc/.*"]],
+        "passkey accuracy, needle in the last r tokens": ["Multiline", [r"probes/passkey/acc_last_r/.*"]],
+        "T_recall": ["Multiline", [r"probes/passkey/T_recall"]],
+    }
+
+    def lengths(self, cfg: PasskeyConfig, ctx: Context) -> list[int]:
+        if cfg.lengths:
+            return sorted({int(T) for T in cfg.lengths})
+        if not ctx.train_length:
+            raise ValueError("passkey: T_train unknown: pass --lengths (e.g. 1K,2K,4K) or --train-length")
+        return sorted({max(cfg.min_length, int(ctx.train_length * m)) for m in cfg.multiples})
+
+    def check(self, cfg, ctx):
+        if cfg.samples < 1 or cfg.repeats < 1:
+            raise ValueError("passkey: samples and repeats must be >= 1")
+        lengths = self.lengths(cfg, ctx)
+        if not lengths:
+            raise ValueError("probes.passkey.lengths is empty")
+        try:  # a length too short for the prompt's own text fails now, not at step N
+            make_prompt(ctx.need_tokenizer(self.name), min(lengths), 0.0, "00000")
+        except ValueError as e:
+            raise ValueError(f"probes.passkey.lengths: {e}") from None
+
+    def inputs(self, cfg, ctx):
+        self.check(cfg, ctx)
+        return ctx.tokenizer, self.lengths(cfg, ctx)
+
+    def run(self, model, inputs, cfg, deadline=None, progress=None):
+        tokenizer, lengths = inputs
+        # the same keys at every evaluation, from the probe's own generator: curves over
+        # training compare like with like, and the run's RNG streams are never drawn from
+        return evaluate_passkey(
+            model, tokenizer, lengths, samples=cfg.samples, repeats=cfg.repeats, prefill_chunk=cfg.prefill_chunk,
+            max_new_tokens=cfg.max_new_tokens, generator=torch.Generator().manual_seed(cfg.seed),
+            deadline=deadline, progress=progress,
+        )
+
+    def summary(self, result, cfg, ctx):
+        # r at or past the longest length: every needle lies in the last r tokens, the plain accuracy
+        last_r = [r for r in cfg.last_r if r < max(result.lengths)]
+        overall = {str(r): result.last_r_accuracy(r) for r in last_r}
+        return {**result.to_json(last_r=cfg.last_r), "last_r_accuracy": overall}
+
+    def scalars(self, summary):
+        out = {f"acc/T={T}": a for T, a in summary["accuracy_by_length"].items()}
+        out.update({f"acc_last_r/r={r}": a for r, a in summary["last_r_accuracy"].items() if a is not None})
+        out["T_recall"] = summary["T_recall"]
+        return out
+
+    def figures(self, result, cfg, ctx, note=""):
+        from stuffed_mamba.probes.plots import passkey_heatmap, passkey_last_r
+
+        return {"heatmap": passkey_heatmap(result, title=heading("passkey retrieval", note)),
+                "last_r": passkey_last_r(result, cfg.last_r, title=heading("needle within the last r tokens", note))}
+
+    def table(self, result, summary, cfg, note=""):
+        from stuffed_mamba.probes.tables import passkey_table
+
+        return passkey_table(result, cfg.last_r, title=heading("passkey retrieval", note))
+
+
+PROBE = PasskeyProbe()

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+
+from stuffed_mamba.probes.registry import MIN_DOC_TOKENS, Probe, ProbeSettings, heading, knob
 
 
 @torch.no_grad()
@@ -115,3 +118,67 @@ def loss_summary(loss: torch.Tensor, train_length: int, *, buckets: int = 24) ->
         "bucket_loss": means,
     }
 
+
+
+def late_loss_rise(loss: torch.Tensor, train_length: int) -> dict:
+    """A softer view than the 2x criterion: how much the loss rose from [T_train/2, T_train) to
+    the end of the context (mean over the last quarter of the positions)."""
+    near = float(loss[max(0, train_length // 2): train_length].mean())
+    late = float(loss[-max(1, loss.numel() // 4):].mean())
+    return {"loss_near_train_length": near, "loss_late": late, "late_loss_rise": late - near}
+
+
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class PositionLossConfig(ProbeSettings):
+    """LM loss per position on long evaluation text (section 4.2, figs. 1, 4, 10); learned_to_forget."""
+
+    length: Optional[int] = knob(None, "evaluation context in tokens (default 4 x T_train)", tokens=True)
+    samples: int = knob(4, "evaluation sequences averaged over (the paper: 128 at 1M tokens)")
+    buckets: int = knob(24, "log-spaced position buckets in the summary and table")
+    min_doc_tokens: int = knob(MIN_DOC_TOKENS, "appendix F: evaluation documents of at least this many tokens")
+    prefill_chunk: int = knob(4096, "tokens per forward; the state is carried between chunks", flag="--chunk")
+
+
+class PositionLossProbe(Probe):
+    name = "position_loss"
+    command = "loss"
+    Config = PositionLossConfig
+    needs_text = True
+    layout = {
+        "loss within vs beyond T_train": ["Multiline", [r"probes/position_loss/(max|mean)_.*",
+                                                         r"probes/position_loss/beyond_over_within"]],
+        "learned to forget": ["Multiline", [r"probes/position_loss/learned_to_forget"]],
+        "loss by position": ["Multiline", [r"probes/position_loss/bucket/.*"]],
+    }
+
+    def inputs(self, cfg, ctx):
+        length = cfg.length or 4 * ctx.need_train_length(self.name)
+        return ctx.text(self.name, length + 1, cfg.samples, cfg.min_doc_tokens)  # each position with its next token
+
+    def run(self, model, ids, cfg, deadline=None, progress=None):
+        return loss_per_position(model, ids, chunk_size=cfg.prefill_chunk, deadline=deadline, progress=progress)
+
+    def summary(self, loss, cfg, ctx):
+        T_train = ctx.need_train_length(self.name)
+        return {**loss_summary(loss, T_train, buckets=cfg.buckets), **late_loss_rise(loss, T_train)}
+
+    def scalars(self, summary):
+        keys = ("max_within", "max_beyond", "mean_within", "mean_beyond", "beyond_over_within", "late_loss_rise")
+        out = {k: summary[k] for k in keys if summary.get(k) is not None}
+        out["learned_to_forget"] = float(summary["learned_to_forget"])
+        out.update({f"bucket/t={t}": v for t, v in zip(summary["bucket_positions"], summary["bucket_loss"])})
+        return out
+
+    def figures(self, loss, cfg, ctx, note=""):
+        from stuffed_mamba.probes.plots import loss_vs_position
+
+        return {"curve": loss_vs_position(loss, ctx.train_length, buckets=2 * cfg.buckets)}
+
+    def table(self, loss, summary, cfg, note=""):
+        from stuffed_mamba.probes.tables import loss_table
+
+        return loss_table({note or "loss": summary}, title=heading("LM loss by position (log buckets)", note))
+
+
+PROBE = PositionLossProbe()

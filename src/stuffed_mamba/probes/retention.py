@@ -11,11 +11,13 @@ intervention set on the model (LongMamba's Delta scale, RRI's alpha scale) shows
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import torch
 
 from stuffed_mamba.probes.prefill import prefill
+from stuffed_mamba.probes.registry import MIN_DOC_TOKENS, Context, Probe, ProbeSettings, heading, knob
 
 
 @torch.no_grad()
@@ -86,3 +88,71 @@ def retention_summary(alpha: torch.Tensor, train_length: int, thresholds: Sequen
             "heads_above": {f"{th:g}": int((a > th).sum()) for th in thresholds},
         }
     return {"train_length": train_length, "T": T, "n_layer": L, "nheads": H, "at": at}
+
+
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class RetentionConfig(ProbeSettings):
+    """First-token retention alpha_{1:t} = exp(sum_{j<=t} Delta_j A) per layer and head (eq. 6, fig. 3)."""
+
+    length: Optional[int] = knob(None, "probe text length (default 4 x T_train)", tokens=True)
+    text: Optional[str] = knob(None, "probe text (default: data when a corpus is known, else the passkey filler)",
+                               choices=["data", "passkey", "newlines"])
+    samples: int = knob(1, "evaluation sequences averaged over (data text)")
+    min_doc_tokens: int = knob(MIN_DOC_TOKENS, "appendix F: evaluation documents of at least this many tokens")
+    prefill_chunk: int = knob(4096, "tokens per forward; the state is carried between chunks", flag="--chunk")
+    thresholds: list[float] = knob([0.5, 0.9, 0.99], "count the heads keeping more than these of the first token")
+    time_budget_s: float = knob(300.0, "stop starting new samples past this many seconds (training)", train_only=True)
+
+
+class RetentionProbe(Probe):
+    name = "retention"
+    Config = RetentionConfig
+    needs_text = True
+    layout = {
+        "first-token retention, max over heads": ["Multiline", [r"probes/retention/max_alpha/.*"]],
+        "heads retaining the first token": ["Multiline", [r"probes/retention/heads_above_.*"]],
+    }
+
+    def text(self, cfg, ctx: Context) -> str:
+        return cfg.text or ("data" if ctx.eval_text is not None else "passkey")
+
+    def inputs(self, cfg, ctx):
+        from stuffed_mamba.probes.passkey import build_prompt
+        from stuffed_mamba.probes.states import newlines_prompt
+
+        length = cfg.length or 4 * ctx.need_train_length(self.name)
+        text = self.text(cfg, ctx)
+        if text == "data":
+            return ctx.text(self.name, length, cfg.samples, cfg.min_doc_tokens)
+        if text == "passkey":
+            return torch.tensor([build_prompt(ctx.need_tokenizer(self.name), length, 0.5, "12345")])
+        return newlines_prompt(ctx.need_tokenizer(self.name), length)
+
+    def run(self, model, ids, cfg, deadline=None):
+        device = next(model.parameters()).device
+        return first_token_retention(model, ids.to(device), chunk_size=cfg.prefill_chunk).cpu()  # [L, H, T]
+
+    def summary(self, alpha, cfg, ctx):
+        s = retention_summary(alpha, ctx.need_train_length(self.name), thresholds=cfg.thresholds)
+        return {"text": self.text(cfg, ctx), "length": int(alpha.shape[-1]), **s}
+
+    def scalars(self, summary):
+        out = {}
+        for where, s in summary["at"].items():
+            out[f"max_alpha/{where}"] = s["max"]
+            out.update({f"heads_above_{th}/{where}": n for th, n in s["heads_above"].items()})
+        return out
+
+    def figures(self, alpha, cfg, ctx, note=""):
+        from stuffed_mamba.probes.plots import retention_curves
+
+        return {"curves": retention_curves(alpha, ctx.train_length)}
+
+    def table(self, alpha, summary, cfg, note=""):
+        from stuffed_mamba.probes.tables import retention_table
+
+        return retention_table(summary, title=heading(f"first-token retention alpha_1:t ({summary['text']} text)", note))
+
+
+PROBE = RetentionProbe()

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import torch
 
 from stuffed_mamba.probes.prefill import prefill
+from stuffed_mamba.probes.registry import Probe, ProbeSettings, heading, knob
 
 
 def newlines_prompt(tokenizer, length: int) -> torch.Tensor:
@@ -148,3 +149,51 @@ def state_summary(stats: StateStats, train_length: int, top_heads: int = 3) -> d
         ],
     )
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class StatesConfig(ProbeSettings):
+    """Mean/variance of every head's SSM state over time on the "newlines" prompt (section 3.3, figs. 5-6)."""
+
+    length: Optional[int] = knob(None, "prompt length (default 4 x T_train)", tokens=True)
+    n_points: int = knob(32, "evenly spaced time points at which the state is measured", flag="--points")
+    prefill_chunk: int = knob(4096, "tokens per forward; the state is carried between chunks", flag="--chunk")
+    time_budget_s: float = knob(300.0, "stop starting new samples past this many seconds (training)", train_only=True)
+
+
+class StatesProbe(Probe):
+    name = "states"
+    Config = StatesConfig
+    layout = {"state growth past T_train": ["Multiline", [r"probes/states/.*growth.*", r"probes/states/var_max"]]}
+
+    def inputs(self, cfg, ctx):
+        T_train = ctx.need_train_length(self.name)
+        length = cfg.length or 4 * T_train
+        return newlines_prompt(ctx.need_tokenizer(self.name), length), time_points(length, cfg.n_points, T_train)
+
+    def run(self, model, inputs, cfg, deadline=None):
+        ids, points = inputs
+        ids = ids.to(next(model.parameters()).device)
+        return state_statistics(model, ids, points, max_chunk=cfg.prefill_chunk, deadline=deadline)
+
+    def summary(self, stats, cfg, ctx):
+        return {**state_summary(stats, ctx.need_train_length(self.name)),
+                "mean": stats.mean.tolist(), "var": stats.var.tolist()}
+
+    def scalars(self, summary):
+        keys = ("var_growth_max", "mean_growth_max", "var_max", "conv_var_growth_max")
+        return {k: summary[k] for k in keys if summary.get(k) is not None}
+
+    def figures(self, stats, cfg, ctx, note=""):
+        from stuffed_mamba.probes.plots import state_curves
+
+        return {"curves": state_curves(stats, ctx.train_length)}
+
+    def table(self, stats, summary, cfg, note=""):
+        from stuffed_mamba.probes.tables import states_table
+
+        return states_table(summary, title=heading("SSM state statistics on the newlines prompt", note))
+
+
+PROBE = StatesProbe()

@@ -11,7 +11,7 @@
     overrides: ["data.segments=1"]  # key=value for every cell; {train_length}, {max_steps},
                                     # {warmup_steps} (10% of max_steps), {model}, {cell}, {run_dir}
                                     # are filled in per cell
-    eval: {...}                     # see EvalConfig
+    eval: {source: ..., position_loss: {...}, passkey: {...}}   # probes run on each cell, see EvalConfig
     reshard: {source: data/sample, out: runs/sample_64, shards: 64}   # optional, see reshard.py
 
 Each cell becomes one `stuffed-mamba fit BASE override...` run with `run.dir` set to
@@ -25,6 +25,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
+
+from stuffed_mamba.probes.registry import settings_class
 
 
 @dataclass
@@ -41,33 +43,12 @@ class Keys:
     model: str = "model"  # prefix of the model-size overrides
 
 
-@dataclass
-class PositionLossEval:
-    """Loss per position on evaluation text, judged by `learned_to_forget` (section 4.2)."""
-
-    length: int = 8192  # tokens per evaluation sequence (the paper: 1M) ...
-    min_multiple: float = 4.0  # ... and never fewer than min_multiple x T_train
-    sequences: int = 4  # sequences averaged (the paper: 128)
-    chunk_size: int = 2048  # prefill chunk (state carried between chunks)
-    # each sequence starts at a document of at least this many tokens, followed by the next
-    # ones when shorter than `length` (appendix F: 16K)
-    min_doc_tokens: int = 16384
-    source: Optional[str] = None  # evaluation corpus; None = the cell's data.source
-
-
-@dataclass
-class PasskeyEval:
-    enabled: bool = True
-    lengths: list[int] = field(default_factory=list)  # context lengths; empty = multiples of T_train
-    multiples: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])
-    samples: int = 5  # needle depths per length
-
-
-@dataclass
-class EvalConfig:
-    position_loss: PositionLossEval = field(default_factory=PositionLossEval)
-    passkey: PasskeyEval = field(default_factory=PasskeyEval)
-    seed: int = 0
+# the sweep's `eval:` section: one entry per registered probe (its config, its defaults) plus
+# the evaluation corpus
+EvalConfig = settings_class(
+    "EvalConfig", "Which probes evaluate each cell's last checkpoint, and on which corpus.",
+    extra=[("source", Optional[str], field(default=None))],  # None = the cell's data.source
+)
 
 
 @dataclass
@@ -136,24 +117,31 @@ def load_sweep(path: str | Path, extra: list[str] | tuple[str, ...] = ()) -> tup
     return recipe, base
 
 
-def resolved_recipe(base: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """The base recipe with `key=value` overrides, as `fit` will see it (schema defaults filled in).
+def resolved_config(base: Path, overrides: list[str] | tuple[str, ...] = ()):
+    """The base recipe with `key=value` overrides as `fit` will see it: a typed RecipeConfig.
 
     Validated by the training recipe schema, so a cell whose overrides `fit` would refuse
     fails here, before anything runs.
     """
     key = (str(base), tuple(overrides))
     if key not in _RESOLVED:
-        from stuffed_mamba.training.config import ConfigError, load_recipe, to_dict
+        from stuffed_mamba.training.config import ConfigError, load_recipe
 
         try:
-            _RESOLVED[key] = to_dict(load_recipe(base, list(overrides)))
+            _RESOLVED[key] = load_recipe(base, list(overrides))
         except ConfigError as e:
             raise ValueError(f"{base} {' '.join(overrides)}: {e}") from None
     return _RESOLVED[key]
 
 
-_RESOLVED: dict[tuple, dict[str, Any]] = {}
+def resolved_recipe(base: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """`resolved_config` as a plain dict."""
+    from stuffed_mamba.training.config import to_dict
+
+    return to_dict(resolved_config(base, overrides))
+
+
+_RESOLVED: dict[tuple, Any] = {}
 
 
 def base_value(base: Path, dotted: str, overrides: list[str] | tuple[str, ...] = ()) -> Any:

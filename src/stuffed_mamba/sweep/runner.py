@@ -139,22 +139,21 @@ def run_cell(
     try:
         from stuffed_mamba.sweep.evaluate import evaluate_checkpoint
 
-        ev = evaluate_checkpoint(ckpt, base, cell, recipe.eval)
+        ev, summaries = evaluate_checkpoint(ckpt, base, cell, recipe.eval)
     except Exception as e:  # recorded, not fatal: the other cells still run
         row["eval_seconds"] = round(time.perf_counter() - t0, 1)
         row["status"] = f"eval_failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:400]
         log(f"[sweep] {cell.name}: {row['status']}")
         return _record(recipe, cell, row, out_dir, final=False)
-    curve = ev.pop("curve", None)
-    if curve is not None:
-        (cell.run_dir / "position_loss.json").write_text(json.dumps(curve))
+    (cell.run_dir / "eval").mkdir(exist_ok=True)
+    for name, summary in summaries.items():  # the curves and tables behind the row's scalars
+        (cell.run_dir / "eval" / f"{name}.json").write_text(json.dumps(summary))
+    row["state_size"] = ev.pop("state_size_model")
     row.update(ev)
-    if ev.get("state_size_model") is not None:
-        row["state_size"] = ev.pop("state_size_model")
     row["eval_seconds"] = round(time.perf_counter() - t0, 1)
     row["status"] = "ok"
-    log(f"[sweep] {cell.name}: learned_to_forget={row.get('learned_to_forget')} "
-        f"loss_ratio={row.get('loss_ratio')} t_recall={row.get('t_recall')} "
+    log(f"[sweep] {cell.name}: learned_to_forget={row.get('position_loss/learned_to_forget')} "
+        f"loss_ratio={row.get('position_loss/beyond_over_within')} T_recall={row.get('passkey/T_recall')} "
         f"(fit {row['fit_seconds']} s, eval {row['eval_seconds']} s)")
     return _record(recipe, cell, row, out_dir, final=True)
 

@@ -6,7 +6,7 @@ key, a wrong type or an impossible value is a one-line `ConfigError` naming the
 key, raised before any model or data is built.
 
 `data:` is `stuffed_mamba.data.DataConfig` verbatim and `probes:` is
-`stuffed_mamba.callbacks.ProbesConfig` verbatim; `model:` holds every
+`stuffed_mamba.probes.registry.ProbesConfig` verbatim (one entry per registered probe); `model:` holds every
 `Mamba2Config` field (generated from it, so the two cannot drift) plus how the
 model is built (`init_from`, `backend`, `activation_checkpointing`).
 """
@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from stuffed_mamba.callbacks.config import ProbesConfig
 from stuffed_mamba.data import DataConfig
 from stuffed_mamba.model import Mamba2Config
+from stuffed_mamba.probes.registry import ProbesConfig
 from stuffed_mamba.training.schedule import DECAY_SHAPES
 
 STRATEGIES = ("auto", "ddp", "deepspeed")
