@@ -10,6 +10,14 @@ PY=${PYTHON:-python3}
 # CPU torch first: anything that asks for a bare "torch" later then finds it satisfied
 # instead of pulling a multi-GB CUDA build.
 $PY -m pip install -q "torch==2.13.0"
+# jemalloc: `stuffed-mamba` runs under it when present (src/stuffed_mamba/allocator.py); without it
+# long segments page-fault through glibc's malloc. Optional: the install goes on without it.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! ldconfig -p 2>/dev/null | grep -q libjemalloc.so.2; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libjemalloc2 >/dev/null 2>&1 \
+    || { apt-get update -qq >/dev/null 2>&1 \
+         && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libjemalloc2 >/dev/null 2>&1; } \
+    || echo "install.sh: libjemalloc2 not installed; stuffed-mamba will use the C library's malloc" >&2
+fi
 if [ "${1:-}" != "dev" ]; then
   $PY -m pip install -q -e .
 else

@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    if argv is None:  # the console command itself, not a call from Python: --help and usage errors exited above
+        from stuffed_mamba.allocator import reexec_under_jemalloc
+
+        reexec_under_jemalloc()
     try:
         rc = args.func(args)
     except KeyboardInterrupt:

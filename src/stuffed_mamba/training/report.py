@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from stuffed_mamba.allocator import describe as describe_allocator
 from stuffed_mamba.training.config import RecipeConfig
 
 
@@ -33,6 +34,7 @@ def startup_report(cfg: RecipeConfig, model, *, world_size: int, resume_from: st
         f"total {o.total_steps}, {o.decay} decay over the last {o.decay_fraction:.0%}; this job stops at step {max_steps}",
         f"trainer      strategy {t.strategy}, precision {t.precision}, accelerator {t.accelerator}, "
         f"devices {t.devices}, nodes {t.num_nodes}",
+        f"allocator    {describe_allocator()}",
         f"run dir      {cfg.run.dir} (checkpoints/last.ckpt; TensorBoard: tensorboard --logdir {cfg.run.dir}/tensorboard)",
         f"resume       {resume_from or 'no: fresh start'}",
         "predicted    " + _predicted(pred),

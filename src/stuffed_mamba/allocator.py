@@ -1,0 +1,63 @@
+"""Run the `stuffed-mamba` command under jemalloc, with purging off, when the library is installed.
+
+Long segments on CPU allocate and free tensors of hundreds of MB at every layer. glibc's malloc
+returns such blocks to the OS at `free` and maps them again at the next use, so the process
+page-faults continuously (50 million minor faults in one 32K-token step of the 130M recipe; from
+8K tokens on, system time as large as user time). jemalloc with `dirty_decay_ms:-1,muzzy_decay_ms:-1`
+keeps freed pages for reuse (measured: 16K tokens, 58.5 s instead of 142 s), the allocator set-up of
+Intel's PyTorch CPU guidance. A preload must be there when the process starts, so the command
+re-executes itself once (`os.execve`: same PID, argv and exit code; signals reach the real process).
+
+`STUFFED_MAMBA_JEMALLOC=0` turns it off; `bash scripts/install.sh` installs Debian's `libjemalloc2`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+
+OFF_VAR = "STUFFED_MAMBA_JEMALLOC"
+_GUARD_VAR = "_STUFFED_MAMBA_REEXECUTED"  # set in the re-executed process: never re-execute twice
+MALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+
+
+def find_jemalloc() -> str | None:
+    """Path of libjemalloc.so.2 in the usual library folders (Debian multiarch, lib64, the env's lib)."""
+    multiarch = sysconfig.get_config_var("MULTIARCH") or ""
+    folders = [os.path.join(sys.prefix, "lib"), "/usr/local/lib", f"/usr/lib/{multiarch}", "/usr/lib64", "/usr/lib"]
+    for folder in folders:
+        path = os.path.join(folder, "libjemalloc.so.2")
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _preloaded() -> bool:
+    return "libjemalloc" in os.environ.get("LD_PRELOAD", "")
+
+
+def reexec_under_jemalloc() -> None:
+    """Replace this process by the same command with jemalloc preloaded; return if that cannot or should not be."""
+    if os.environ.get(OFF_VAR, "1") == "0" or os.environ.get(_GUARD_VAR) or _preloaded():
+        return
+    lib = find_jemalloc()
+    if lib is None or not sys.platform.startswith("linux") or not sys.executable:
+        return
+    env = dict(os.environ)
+    env[_GUARD_VAR] = "1"
+    env["LD_PRELOAD"] = ":".join(p for p in (lib, env.get("LD_PRELOAD", "")) if p)
+    env.setdefault("MALLOC_CONF", MALLOC_CONF)  # a user's own MALLOC_CONF wins
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # sys.orig_argv is the interpreter's own command line: the console script's path or `-m stuffed_mamba`
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
+def describe() -> str:
+    """One line for the start-up report."""
+    if _preloaded():
+        return f"jemalloc ({os.environ.get('MALLOC_CONF', 'its default MALLOC_CONF')})"
+    if os.environ.get(OFF_VAR, "1") == "0":
+        return f"the C library's malloc ({OFF_VAR}=0)"
+    return "the C library's malloc (libjemalloc2 not found: bash scripts/install.sh installs it; long segments page-fault)"
