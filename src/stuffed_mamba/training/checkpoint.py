@@ -3,9 +3,17 @@
 Not Lightning's `ModelCheckpoint`: with per-segment optimiser steps `global_step`
 advances by S per batch, so its `global_step % N == 0` test misses most multiples
 of N. Here a checkpoint is saved at the first episode boundary at or past each
-multiple of N, and at the end of training. The file is written beside its final
-name and renamed over it, so a job killed mid-save leaves the previous
-`last.ckpt` intact.
+multiple of N, and at the end of training.
+
+Written beside its final name (`last.ckpt.tmp`) and renamed over it. A file is replaced
+by one atomic rename. A DeepSpeed checkpoint is a folder, which a rename cannot put
+over a non-empty folder, so it takes two (`last.ckpt` -> `last.ckpt.old`, `.tmp` ->
+`last.ckpt`); a kill between them leaves no `last.ckpt`. Hence a completeness marker,
+written into the folder after every rank's shard is on disk, and a resume that looks
+for the newest complete one: `last.ckpt`, else a marked `.tmp` (killed between the
+renames: it is newer than `.old`), else `.old`. The next save first promotes a marked
+`.tmp` to `last.ckpt`, so the newest complete checkpoint is never deleted before a
+newer one is complete.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from pathlib import Path
 import lightning as L
 
 LAST = "last.ckpt"
+COMPLETE = "stuffed_mamba_complete"  # marker file inside a checkpoint folder, written last
 
 
 def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
@@ -24,12 +33,13 @@ def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
 
 
 def resolve_resume(resume: str | None, run_dir: str | os.PathLike) -> str | None:
-    """`run.resume`: "auto" -> last.ckpt if it exists (else start fresh), a path -> it, None -> fresh."""
+    """`run.resume`: "auto" -> the newest complete checkpoint of the run (`latest_complete`), else
+    start fresh; a path -> it; None -> fresh."""
     if resume is None:
         return None
     if resume == "auto":
-        last = checkpoint_dir(run_dir) / LAST
-        return str(last) if last.exists() else None
+        found = latest_complete(checkpoint_dir(run_dir) / LAST)
+        return str(found) if found is not None else None
     if not Path(resume).exists():
         from stuffed_mamba.training.config import ConfigError
 
@@ -37,24 +47,77 @@ def resolve_resume(resume: str | None, run_dir: str | os.PathLike) -> str | None
     return resume
 
 
+def latest_complete(path: Path) -> Path | None:
+    """The newest complete checkpoint among `path` and the leftovers of an interrupted replacement:
+    a marked `path.tmp` folder (a marked one is always the newest: it is renamed to `path` next),
+    `path` (only ever made by a rename of a complete one), `path.old` (a complete `path` set aside)."""
+    tmp, old = _tmp(path), _old(path)
+    for candidate in (tmp if is_complete_folder(tmp) else None, path, old):
+        if candidate is not None and candidate.exists():
+            return candidate
+    return None
+
+
+def is_complete_folder(p: Path) -> bool:
+    return p.is_dir() and (p / COMPLETE).is_file()
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
+def _old(path: Path) -> Path:
+    return path.with_name(path.name + ".old")
+
+
 def save_atomically(trainer: "L.Trainer", path: Path) -> None:
     """All ranks call this together (DeepSpeed writes one shard per rank; under DDP rank 0 writes)."""
-    tmp = path.with_name(path.name + ".tmp")
-    if trainer.is_global_zero and tmp.exists():
-        _remove(tmp)
+    tmp = _tmp(path)
+    if trainer.is_global_zero:
+        _settle(path)
     trainer.strategy.barrier("stuffed_mamba.save.clean")
     trainer.save_checkpoint(tmp)  # ends with a barrier: every shard is on disk
     if trainer.is_global_zero:
         if tmp.is_dir():  # a DeepSpeed checkpoint is a folder; rename cannot replace a non-empty one
-            old = path.with_name(path.name + ".old")
-            if path.exists():
-                _remove(old)
-                os.replace(path, old)
-            os.replace(tmp, path)
-            _remove(old)
+            _write_marker(tmp, trainer.global_step)
+            _promote(path)
         else:
             os.replace(tmp, path)
     trainer.strategy.barrier("stuffed_mamba.save.done")
+
+
+def _promote(path: Path) -> None:
+    """A marked `.tmp` folder replaces `path` in two renames; `latest_complete` covers a kill between."""
+    tmp, old = _tmp(path), _old(path)
+    _remove(old)
+    if path.exists():
+        os.replace(path, old)
+    _test_hook("between_renames")
+    os.replace(tmp, path)
+    _remove(old)
+
+
+def _settle(path: Path) -> None:
+    """Finish a replacement a kill interrupted, then clear the way for a new `.tmp`: the newest
+    complete checkpoint becomes `path` before anything is deleted."""
+    tmp, old = _tmp(path), _old(path)
+    if is_complete_folder(tmp):
+        _promote(path)
+    elif not path.exists() and old.exists():
+        os.replace(old, path)
+    _remove(tmp)  # an incomplete one: a kill during the write
+    _remove(old)
+
+
+def _write_marker(folder: Path, step: int) -> None:
+    with open(folder / COMPLETE, "w") as f:
+        f.write(f"global_step {step}\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _test_hook(moment: str) -> None:
+    """Tests stop a save at a given moment by patching this (tests/training/ds_kill.py)."""
 
 
 def _remove(p: Path) -> None:
@@ -113,7 +176,11 @@ class EpisodeCheckpoint(L.Callback):
         if self.keep_every_n_steps and step // self.keep_every_n_steps > self._last_saved // self.keep_every_n_steps:
             if trainer.is_global_zero:
                 kept = self.dirpath / f"step-{step:07d}.ckpt"
-                (shutil.copytree if self.last_path.is_dir() else shutil.copy2)(self.last_path, kept)
+                partial = kept.with_name(kept.name + ".tmp")  # a kill mid-copy leaves no half step-*.ckpt
+                _remove(partial)
+                (shutil.copytree if self.last_path.is_dir() else shutil.copy2)(self.last_path, partial)
+                _remove(kept)
+                os.replace(partial, kept)
             trainer.strategy.barrier("stuffed_mamba.save.keep")
         self._last_saved = step
         self.saved_steps.append(step)

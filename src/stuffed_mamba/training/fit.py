@@ -124,7 +124,7 @@ def fit(
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     from stuffed_mamba.data import load_tokenizer
-    from stuffed_mamba.training.checkpoint import EpisodeCheckpoint, checkpoint_dir, resolve_resume
+    from stuffed_mamba.training.checkpoint import LAST, EpisodeCheckpoint, checkpoint_dir, latest_complete, resolve_resume
     from stuffed_mamba.training.datamodule import EpisodeDataModule
     from stuffed_mamba.training.module import TBPTTModule
     from stuffed_mamba.training.report import startup_report
@@ -135,8 +135,8 @@ def fit(
     run_dir = Path(cfg.run.dir)
     ckpt_dir = checkpoint_dir(run_dir)
     resume_from = resolve_resume(cfg.run.resume, run_dir)
-    earlier = ckpt_dir / "last.ckpt"
-    if resume_from is None and earlier.exists() and not cfg.run.overwrite:
+    earlier = latest_complete(ckpt_dir / LAST)
+    if resume_from is None and earlier is not None and not cfg.run.overwrite:
         raise ConfigError(
             f"run.dir={cfg.run.dir} already holds {earlier.name} from an earlier run: run.resume=auto continues it, "
             "run.overwrite=true starts over, or choose another run.dir"
