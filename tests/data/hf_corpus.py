@@ -116,3 +116,17 @@ def write_hf_corpus(root: Path, n_files: int = 8, docs_per_file: int = 6, seed: 
             docs.append(text(rng.randrange(100, 2000), 5000 + k))
         _write_parquet(Path(root) / f"train-{i:05d}.parquet", docs)
     return str(Path(root) / "*.parquet")
+
+
+def sample_as_parquet(out: Path) -> str:
+    """data/sample (RedPajama-V2 layout) rewritten as one parquet file per shard: the same
+    documents (raw_content of every readable line) for hf://parquet; returns the glob."""
+    from stuffed_mamba.data import DataConfig
+    from stuffed_mamba.data.counters import new_counters
+    from stuffed_mamba.data.documents import open_documents
+
+    reader, tags = open_documents(DataConfig(dedup=False))
+    for i, tag in enumerate(tags):
+        texts = [t for _, _, t, _ in reader.open(tag, 0, new_counters()) if t is not None]
+        _write_parquet(Path(out) / f"sample-{i:05d}.parquet", texts, row_group_size=1000)
+    return str(Path(out) / "*.parquet")

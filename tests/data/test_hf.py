@@ -219,3 +219,29 @@ def test_redpajama_runs_and_help_do_not_import_datasets():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
+
+
+def test_prepare_mirrors_an_hf_source_as_parquet(jsonl, tmp_path, capsys):
+    out = tmp_path / "mirror"
+    args = ["data", "prepare", "hf://json", str(out), "--data-files", jsonl.glob]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["shards"] == 2 and report["rows"] == 9 and len(report["failed"]) == 1  # c.jsonl: unreadable
+    assert report["failed"][0].startswith("c.jsonl: ")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["files"] == {"shard-00000-of-00003.parquet": "a.jsonl", "shard-00001-of-00003.parquet": "b.jsonl"}
+    ids = []
+    counts = inspect_source("hf://parquet", hf_data_files=report["data_files"], tokenizer="bytes",
+                            min_doc_tokens=MIN_TOKENS, max_doc_bytes=MAX_DOC_BYTES, on_kept=ids.append)  # fmt: skip
+    files = {v: k for k, v in manifest["files"].items()}
+    assert ids == [files[i.split("/")[0]] + "/" + i.split("/")[1] for i in jsonl.kept_ids]  # same rows
+    assert counts == {**jsonl.counters, "shards_failed": 0}
+    # the mirror trains like the source: the same token stream
+    def tokens(source, files):
+        cfg = DataConfig(source=source, hf_data_files=files, tokenizer="bytes", min_doc_tokens=MIN_TOKENS,
+                         max_doc_bytes=MAX_DOC_BYTES, train_length=500, segments=2, shuffle_shards=False, epochs=1)  # fmt: skip
+        return torch.cat(list(build_dataloader(cfg)))
+
+    assert torch.equal(tokens("hf://json", jsonl.glob), tokens("hf://parquet", report["data_files"]))
+    assert main(args) == 0  # a second run finds the files in place
+    assert json.loads(capsys.readouterr().out)["bytes"] == 0
