@@ -37,3 +37,21 @@ def test_gated_rmsnorm_matches_transformers_per_group():
     assert rel_err(out, ref(y, z)) < 1e-6
     # grouping matters: one group over all channels is a different function
     assert rel_err(gated_rmsnorm(y, z, ref.weight, eps=1e-5, group_size=d), out) > 1e-3
+
+
+def test_conv_gradient_reaches_the_initial_state():
+    """Full BPTT needs d/d(initial state), also through the final state when T < k-1."""
+    b, c, k = 2, 12, 4
+    w, bias = torch.randn(c, k), torch.randn(c)
+    for T in (2, 37):
+        x, s0 = torch.randn(b, T, c), torch.randn(b, c, k - 1)
+        dy, ds = torch.randn(b, T, c), torch.randn(b, c, k - 1)
+        grads = []
+        for fn in (causal_conv1d, conv_naive):
+            xs, ss = x.clone().requires_grad_(), s0.clone().requires_grad_()
+            y, sT = fn(xs, w, bias, initial_state=ss)
+            ((y * dy).sum() + (sT * ds).sum()).backward()
+            grads.append((xs.grad, ss.grad))
+        assert rel_err(grads[0][0], grads[1][0]) < 1e-6, T
+        assert rel_err(grads[0][1], grads[1][1]) < 1e-6, T
+        assert grads[0][1].abs().min() > 0, T  # every input kept in the state reaches an output
