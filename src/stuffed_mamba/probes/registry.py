@@ -32,6 +32,7 @@ PROBE_MODULES: dict[str, str] = {
     "retention": "retention",
     "states": "states",
     "position_loss": "position_loss",
+    "memory_lengths": "memory_lengths",
 }
 
 # appendix F: evaluation text is documents of at least 16K tokens (concatenated when shorter
