@@ -27,6 +27,7 @@ def _fit(run_dir: Path, probes: bool):
         "probes.states.every_n_steps=2", "probes.states.length=192", "probes.states.n_points=6",
         "probes.position_loss.every_n_steps=2", "probes.position_loss.length=192", "probes.position_loss.samples=1",
         "probes.position_loss.min_doc_tokens=1024", "probes.position_loss.buckets=6",
+        "probes.memory_lengths.every_n_steps=2", "probes.memory_lengths.length=300",
     ]
     result = fit(load_recipe(None, overrides), log=lambda s: None)
     return result, torch.load(result.checkpoint, map_location="cpu", weights_only=False)
@@ -84,11 +85,12 @@ def test_tensorboard_has_probe_scalars_images_and_layout(runs):
     for tag in ("probes/passkey/acc/T=300", "probes/passkey/acc/T=600", "probes/passkey/T_recall",
                 "probes/passkey/acc_last_r/r=400", "probes/retention/max_alpha/t=48",
                 "probes/states/var_growth_max", "probes/position_loss/learned_to_forget",
-                "probes/position_loss/max_beyond"):
+                "probes/position_loss/max_beyond", "probes/memory_lengths/tau_max",
+                "probes/memory_lengths/heads_beyond_train_length"):
         assert tag in scalars, tag
         assert [e.step for e in acc.Scalars(tag)] == [2, 4]
     assert set(tags["images"]) == {"probes/passkey/heatmap", "probes/passkey/last_r", "probes/retention/curves",
-                                   "probes/states/curves", "probes/position_loss/curve"}
+                                   "probes/states/curves", "probes/position_loss/curve", "probes/memory_lengths/heads"}
     img = acc.Images("probes/passkey/heatmap")[-1]
     assert img.width > 100 and img.height > 100 and img.step == 4
 
