@@ -146,7 +146,8 @@ def test_build_callbacks_from_config():
     cbs = build_callbacks({"passkey": {"every_n_steps": 7}, "states": {"enabled": False}},
                           tokenizer=ByteTok(), data_cfg=data, run_dir="/tmp/x")
     names = [type(c).__name__ for c in cbs]
-    assert names == ["PasskeyCallback", "RetentionCallback", "PositionLossCallback", "ForgettingDashboard"]
+    assert names == ["PasskeyCallback", "RetentionCallback", "PositionLossCallback", "RegistryProbeCallback",
+                     "ForgettingDashboard"]
     assert cbs[0].every_n_steps == 7
     assert cbs[0].probe.lengths(cbs[0].cfg, cbs[0].ctx) == [512]  # T_train/2 .. 4 T_train, at least 512
     assert build_callbacks(ProbesConfig(enabled=False), tokenizer=None, data_cfg=data) == []

@@ -26,7 +26,7 @@ def evaluate_checkpoint(ckpt: Path, base: Path, cell: Cell, cfg) -> tuple[dict[s
     recipe = resolved_config(base, cell.overrides)
     model = load_model(ckpt).eval()
     tokenizer = load_tokenizer(recipe.data.tokenizer)
-    source = cfg.source or recipe.data.source
+    source = cfg.source or recipe.data  # the whole data section: an hf:// source needs its hf_* keys
 
     def eval_text(length: int, n: int, min_doc_tokens: int):
         return torch.as_tensor(load_eval_sequences(source, tokenizer, n=n, length=length,
