@@ -1,6 +1,7 @@
 """N_S of a configuration: the paper's number, agreement with Mamba2Config.state_size, every input form."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,3 +105,26 @@ def test_cli_bad_config_is_one_line_error(capsys, tmp_path):
     assert main(["analyze", "state-size", "--config", str(tmp_path / "nope.json")]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "nope.json" in err
+
+
+def test_state_size_command_imports_no_torch():
+    """`analyze state-size` is a calculator: it reads N_S from Mamba2Config without loading torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from stuffed_mamba.cli import main; "
+            "rc = main(['analyze', 'state-size', '--config', '780m', '--config', 'recipes/tiny_cpu.yaml']); "
+            "assert rc == 0; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert "19,353,600" in out.stdout and out.stdout.strip().endswith("[]"), out.stdout
+
+
+def test_one_n_s_formula():
+    from stuffed_mamba.analysis.state_size import resolve
+    from stuffed_mamba.model.config import Mamba2Config
+
+    cfg = Mamba2Config(d_model=96, n_layer=3, d_state=16, headdim=24, ngroups=2, d_conv=3, vocab_size=300)
+    assert resolve(cfg).state_size == cfg.state_size == cfg.ssm_state_size + cfg.conv_state_size
+    # by hand: H = 192/24 = 8 heads of [P, N] = [24, 16]; conv over x, B, C: (192 + 2*2*16) * (3-1)
+    assert cfg.state_size == 3 * (8 * 24 * 16 + (192 + 64) * 2)

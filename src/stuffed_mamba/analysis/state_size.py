@@ -20,13 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from stuffed_mamba.model.config import Mamba2Config
+
 # The shape fields N_S depends on, with Mamba2Config's defaults (= mamba_ssm's Mamba2 defaults).
 SHAPE_DEFAULTS: dict[str, int] = {
-    "d_state": 128,  # N
-    "d_conv": 4,
-    "expand": 2,
-    "headdim": 64,  # P
-    "ngroups": 1,  # G
+    k: getattr(Mamba2Config, k) for k in ("d_state", "d_conv", "expand", "headdim", "ngroups")
 }
 
 # state-spaces/mamba2-{130m,370m,780m}: every other field is the default above.
@@ -63,27 +61,19 @@ class StateSize:
     ngroups: int = 1
 
     @property
-    def d_inner(self) -> int:
-        return self.expand * self.d_model
+    def config(self) -> Mamba2Config:
+        """The Mamba2Config of these shape fields: it holds the one N_S formula."""
+        return Mamba2Config(d_model=self.d_model, n_layer=self.n_layer, d_state=self.d_state, d_conv=self.d_conv,
+                            expand=self.expand, headdim=self.headdim, ngroups=self.ngroups)
 
     @property
     def nheads(self) -> int:  # H
-        return self.d_inner // self.headdim
-
-    @property
-    def ssm_per_layer(self) -> int:
-        """h: [H, P, N] floats."""
-        return self.nheads * self.headdim * self.d_state
-
-    @property
-    def conv_per_layer(self) -> int:
-        """The conv state over xBC: [d_inner + 2*G*N, d_conv-1] floats."""
-        return (self.d_inner + 2 * self.ngroups * self.d_state) * (self.d_conv - 1)
+        return self.config.nheads
 
     @property
     def state_size(self) -> int:
-        """N_S in floats."""
-        return self.n_layer * (self.ssm_per_layer + self.conv_per_layer)
+        """N_S in floats (Mamba2Config.state_size)."""
+        return self.config.state_size
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -120,11 +110,9 @@ def from_fields(fields: Mapping[str, Any], name: str = "") -> StateSize:
         raise ValueError(f"model configuration {name or ''} lacks {', '.join(missing)}".replace("  ", " "))
     shape = {k: int(fields.get(k) if fields.get(k) is not None else v) for k, v in SHAPE_DEFAULTS.items()}
     d_model, n_layer = int(fields["d_model"]), int(fields["n_layer"])
-    if (shape["expand"] * d_model) % shape["headdim"]:
-        raise ValueError(
-            f"d_inner = expand*d_model = {shape['expand'] * d_model} is not a multiple of headdim {shape['headdim']}"
-        )
-    return StateSize(name, d_model, n_layer, **shape)
+    size = StateSize(name, d_model, n_layer, **shape)
+    size.config  # Mamba2Config's checks: d_inner a multiple of headdim, nheads of ngroups
+    return size
 
 
 def fields_from_json(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -189,8 +177,3 @@ def _from_model_section(model: Mapping[str, Any], name: str, base_dir: Path | No
         base.update({k: v for k, v in model.items() if v is not None})
         return from_fields(base, name=name or str(model["init_from"]))
     return from_fields(model, name=name)
-
-
-def n_s(spec: Any) -> int:
-    """N_S in floats of anything `resolve` accepts."""
-    return resolve(spec).state_size

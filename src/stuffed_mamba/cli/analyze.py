@@ -68,8 +68,8 @@ def _state_size(args) -> int:
             raise CLIError(f"{spec}: {e}") from None
         d = s.as_dict()
         d["name"] = d["name"] or spec
-        d["ssm_state"] = s.n_layer * s.ssm_per_layer
-        d["conv_state"] = s.n_layer * s.conv_per_layer
+        d["ssm_state"] = s.config.ssm_state_size
+        d["conv_state"] = s.config.conv_state_size
         d["predicted_t_forget"] = float(PAPER_T_FORGET.tokens(s.state_size))
         d["predicted_t_recall"] = float(PAPER_T_RECALL.tokens(s.state_size))
         reports.append(d)

@@ -70,11 +70,20 @@ class Mamba2Config:
         return self.vocab_size + (-self.vocab_size) % m
 
     @property
+    def ssm_state_size(self) -> int:
+        """Floats in the SSM states h [H, P, N] of all layers."""
+        return self.n_layer * self.nheads * self.headdim * self.d_state
+
+    @property
+    def conv_state_size(self) -> int:
+        """Floats in the conv states (the last d_conv-1 inputs of x, B, C) of all layers."""
+        return self.n_layer * self.conv_dim * (self.d_conv - 1)
+
+    @property
     def state_size(self) -> int:
-        """N_S: floats in the whole recurrent state, SSM states (H*P*N) plus conv states, over all layers."""
-        ssm = self.nheads * self.headdim * self.d_state
-        conv = self.conv_dim * (self.d_conv - 1)
-        return self.n_layer * (ssm + conv)
+        """N_S (the paper's one formula, appendix A.1): floats in the whole recurrent state,
+        n_layer * (H*P*N + (d_inner + 2*G*N) * (d_conv-1))."""
+        return self.ssm_state_size + self.conv_state_size
 
     # --- interchange with mamba_ssm's config.json ---------------------------------------------
     _SSM_CFG_KEYS = ("d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size")

@@ -100,6 +100,20 @@ class Mamba2LM(nn.Module):
         self, input_ids: torch.Tensor, state: ModelState | None = None, labels: torch.Tensor | None = None
     ) -> LMOutput:
         """input_ids [B, T] -> logits [B, T, V_padded] (or loss, when `labels` [B, T] is given) and the final state."""
+        x, new_state = self._blocks(input_ids, state)
+        hidden = self.backbone.norm_f(x.to(self.backbone.norm_f.weight.dtype))
+        if labels is not None:
+            loss = chunked_cross_entropy(hidden, self.lm_head.weight, labels, chunk_tokens=self.loss_chunk_tokens)
+            return LMOutput(logits=None, state=new_state, loss=loss)
+        return LMOutput(logits=self.lm_head(hidden), state=new_state)
+
+    def advance(self, input_ids: torch.Tensor, state: ModelState | None = None) -> ModelState:
+        """input_ids [B, T] -> the state after position T, without norm_f and the LM head: no [B, T, V]
+        logits (the chunked prefill of probes and decoding)."""
+        return self._blocks(input_ids, state)[1]
+
+    def _blocks(self, input_ids: torch.Tensor, state: ModelState | None) -> tuple[torch.Tensor, ModelState]:
+        """Embedding, then every block with its layer state: (residual stream [B, T, d] fp32, new state)."""
         x = self.backbone.embedding(input_ids).float()
         new_layers = []
         for i, block in enumerate(self.backbone.layers):
@@ -109,12 +123,7 @@ class Mamba2LM(nn.Module):
             else:
                 x, layer_state = block(x, layer_state)
             new_layers.append(layer_state)
-        hidden = self.backbone.norm_f(x.to(self.backbone.norm_f.weight.dtype))
-        new_state = ModelState(new_layers)
-        if labels is not None:
-            loss = chunked_cross_entropy(hidden, self.lm_head.weight, labels, chunk_tokens=self.loss_chunk_tokens)
-            return LMOutput(logits=None, state=new_state, loss=loss)
-        return LMOutput(logits=self.lm_head(hidden), state=new_state)
+        return x, ModelState(new_layers)
 
     @torch.no_grad()
     def step(self, token_ids: torch.Tensor, state: ModelState) -> tuple[torch.Tensor, ModelState]:

@@ -1,9 +1,9 @@
 """Chunked prefill: run a long context through the model carrying the state, without the LM head.
 
 The probes that only need the state (passkey before the answer, retention, state
-statistics) skip `norm_f` and `lm_head`: no [B, chunk, V] logits, and peak memory is that of
-one chunk whatever the context length. The loop is `Mamba2LM.forward`'s own (embedding,
-then each block with its layer state); tests check that the state equals `model(...).state`.
+statistics) use `Mamba2LM.advance`, which skips `norm_f` and `lm_head`: no [B, chunk, V]
+logits, and peak memory is that of one chunk whatever the context length; tests check that
+the state equals `model(...).state`.
 """
 
 from __future__ import annotations
@@ -20,13 +20,6 @@ def prefill(model, input_ids: torch.Tensor, state: Optional[ModelState] = None, 
     """input_ids [B, T] -> the ModelState after position T (state=None: from zeros)."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    blocks = model.backbone.layers
     for s in range(0, input_ids.shape[1], chunk_size):
-        x = model.backbone.embedding(input_ids[:, s : s + chunk_size]).float()  # [B, t, d]
-        layers = []
-        for i, block in enumerate(blocks):
-            x, layer_state = block(x, None if state is None else state.layers[i])
-            layers.append(layer_state)
-        state = ModelState(layers)
-        del x
+        state = model.advance(input_ids[:, s : s + chunk_size], state)
     return state

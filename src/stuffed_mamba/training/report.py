@@ -16,7 +16,7 @@ def startup_report(cfg: RecipeConfig, model, *, world_size: int, resume_from: st
     n_params = model.num_parameters()
     pred = predicted_thresholds(c)
     n_s = pred["state_size"]
-    ssm = c.n_layer * c.nheads * c.headdim * c.d_state
+    ssm = c.ssm_state_size
     B, S, T = d.batch_size, d.segments, d.train_length
     per_step = B * T * world_size if o.optimizer_step == "segment" else B * S * T * world_size
     max_steps = t.max_steps if t.max_steps is not None else o.total_steps
