@@ -9,7 +9,8 @@ PY=${PYTHON:-python3}
 
 # CPU torch first: anything that asks for a bare "torch" later then finds it satisfied
 # instead of pulling a multi-GB CUDA build.
-$PY -m pip install -q "torch==2.13.0"
+# TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu: the CPU build where PyPI's is the CUDA one.
+$PY -m pip install -q "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 # jemalloc: `stuffed-mamba` runs under it when present (src/stuffed_mamba/allocator.py); without it
 # long segments page-fault through glibc's malloc. Optional: the install goes on without it.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! ldconfig -p 2>/dev/null | grep -q libjemalloc.so.2; then

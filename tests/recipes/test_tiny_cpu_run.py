@@ -29,7 +29,7 @@ def test_smoke_few_steps_with_probes(tmp_path):
                    "probes.retention.every_n_steps=12", "probes.retention.length=256",
                    "probes.states.every_n_steps=12", "probes.states.length=256",
                    "probes.position_loss.every_n_steps=12", "probes.position_loss.length=256")
-    assert f"TensorBoard logs go to {tmp_path}/tensorboard" in r.stdout
+    assert f"tensorboard --logdir {tmp_path}/tensorboard" in r.stdout
     assert "parameters   1,007,424" in r.stdout and "state size   N_S = 73,216 floats" in r.stdout
     assert "done: 12 optimiser steps, 1 episodes" in r.stdout
     assert (tmp_path / "checkpoints/last.ckpt").exists()

@@ -77,3 +77,31 @@ def test_export_of_a_missing_checkpoint_is_one_line(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "checkpoint not found" in r.stderr
+
+
+def test_export_is_readable_by_others_and_carries_the_runs_tokenizer(tmp_path):
+    """safetensors creates -rw-------; an export gets what any new file gets (0o666 minus the umask),
+    and holds the tokenizer the run was trained with, loadable by tokenizers and by transformers."""
+    import os
+
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    run_dir = tmp_path / "run"
+    fit(tiny_recipe(run_dir, "trainer.max_steps=3", "data.tokenizer=data/sample/tokenizer.json"), log=lambda s: None,
+        loader_factory=lambda r, w: FakeEpisodeLoader(batch_size=2, segments=3, train_length=16, rank=r, world_size=w))
+    old = os.umask(0o022)
+    try:
+        for fmt in ("mamba_ssm", "hf"):
+            out = tmp_path / fmt
+            export_cli(run_dir / "checkpoints/last.ckpt", out, fmt)
+            for f in out.iterdir():
+                assert f.stat().st_mode & 0o777 == 0o644, (f.name, oct(f.stat().st_mode))
+            text = "The passkey is 71432. Remember it."
+            want = Tokenizer.from_file("data/sample/tokenizer.json").encode(text, add_special_tokens=False).ids
+            assert Tokenizer.from_file(str(out / "tokenizer.json")).encode(text, add_special_tokens=False).ids == want
+            auto = AutoTokenizer.from_pretrained(out)
+            assert auto(text, add_special_tokens=False).input_ids == want
+            assert auto.eos_token == "<|endoftext|>"
+    finally:
+        os.umask(old)

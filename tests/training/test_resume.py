@@ -135,9 +135,9 @@ def test_max_steps_inside_an_episode_finishes_the_episode(tmp_path):
     assert r.global_step == 9 and r.episodes == 3
     ckpt = load_ckpt(tmp_path / "r/checkpoints/last.ckpt")
     assert ckpt["global_step"] == 9
-    # resuming with a max_steps already reached trains nothing more
+    # resuming with a max_steps already reached trains nothing more, and says so
     again = run(tmp_path / "r", "trainer.max_steps=8", "run.resume=auto")
-    assert again.global_step == 9 and again.episodes == 3
+    assert again.complete and again.global_step == 9 and again.episodes == 3
     # a run that ended between checkpoint multiples (every 6 here) continues when extended
     more = run(tmp_path / "r", "trainer.max_steps=12", "run.resume=auto")
     assert more.global_step == 12 and more.episodes == 4

@@ -37,8 +37,6 @@ def run(args: argparse.Namespace) -> int:
     from stuffed_mamba.training.module import NonFiniteLossError
 
     say = rank_zero_only(lambda s: print(s, flush=True))
-    say(f"stuffed-mamba fit: TensorBoard logs go to {cfg.run.dir}/tensorboard "
-        f"(view: tensorboard --logdir {cfg.run.dir}/tensorboard)")
     try:
         result = fit(cfg, recipe=args.recipe, log=lambda s: print(s, flush=True))
     except ConfigError as e:
@@ -46,6 +44,12 @@ def run(args: argparse.Namespace) -> int:
     except NonFiniteLossError as e:
         print(f"stuffed-mamba fit: aborted: {e}", flush=True)
         return 1
+    if result.complete:
+        say(f"{cfg.run.dir} is already complete at optimiser step {result.global_step} (trainer.max_steps): nothing "
+            f"to do. For more steps raise trainer.max_steps, and optim.total_steps with it (the schedule's length; "
+            f"past it the LR stays at optim.min_lr_ratio x lr): "
+            + _command(args, cfg, f"trainer.max_steps={2 * result.global_step}", f"optim.total_steps={2 * result.global_step}"))
+        return 0
     loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
     say(
         f"done: {result.global_step} optimiser steps, {result.episodes} episodes, {result.tokens:,} tokens "
@@ -53,5 +57,20 @@ def run(args: argparse.Namespace) -> int:
         + ("; requeued" if result.requeued else "")
     )
     say(f"checkpoint: {result.checkpoint}")
+    if result.interrupted:
+        say(f"interrupted (Ctrl-C) at optimiser step {result.global_step}, an episode boundary; continue with: "
+            + _command(args, cfg))
     say(f"tensorboard --logdir {result.tensorboard_dir}")
-    return 0
+    return 130 if result.interrupted else 0
+
+
+def _command(args: argparse.Namespace, cfg, *extra: str) -> str:
+    """The command line that continues this run (run.resume=auto), with `extra` overrides replacing theirs."""
+    import shlex
+
+    keys = {e.split("=", 1)[0] for e in extra}
+    if cfg.run.resume != "auto":
+        keys.add("run.resume")
+        extra = (*extra, "run.resume=auto")
+    kept = [o for o in args.overrides if o.split("=", 1)[0] not in keys]
+    return shlex.join(["stuffed-mamba", "fit", args.recipe, *kept, *extra])

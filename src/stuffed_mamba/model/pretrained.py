@@ -4,11 +4,17 @@ mamba_ssm:    config.json {d_model, n_layer, vocab_size, ssm_cfg, ...} + pytorch
               keys backbone.embedding.weight, backbone.layers.{i}.(norm|mixer.*), backbone.norm_f.weight, lm_head.weight
 transformers: config.json {hidden_size, num_hidden_layers, state_size, head_dim, n_groups, ...}, keys with
               backbone.embeddings.weight; save_pretrained omits a tied lm_head.weight.
+
+Wherever a folder is accepted, a HuggingFace hub name (OWNER/NAME, e.g. state-spaces/mamba2-370m) is too:
+`resolve_folder` finds it in the local HuggingFace cache (HF_HUB_CACHE) or downloads it, and with
+HF_HUB_OFFLINE=1 looks in the cache only.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import torch
@@ -16,6 +22,42 @@ import torch
 from stuffed_mamba.model.config import Mamba2Config
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# what a hub snapshot needs to be loaded here and probed: config, weights (one file or shards), tokenizer
+HUB_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+             "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+def is_hub_name(spec) -> bool:
+    """OWNER/NAME as the HuggingFace hub spells repository ids (no absolute or ./ paths)."""
+    s = str(spec)
+    return bool(_HUB_NAME.fullmatch(s)) and not s.endswith((".ckpt", ".pt", ".bin", ".json", ".safetensors"))
+
+
+def resolve_folder(spec) -> Path:
+    """The local path `spec` names when it exists; else the snapshot folder of the hub model `spec`
+    (OWNER/NAME) from the HuggingFace cache, downloaded first unless HF_HUB_OFFLINE is set.
+    Raises FileNotFoundError with a one-line message."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    if not is_hub_name(spec):
+        raise FileNotFoundError(f"checkpoint not found: {spec}")
+    import huggingface_hub as hub
+    from huggingface_hub import constants
+
+    try:
+        return Path(hub.snapshot_download(str(spec), allow_patterns=HUB_FILES))
+    except Exception as e:  # noqa: BLE001 - offline, unknown repo, gated, network: all say the same to a user
+        if constants.HF_HUB_OFFLINE:
+            raise FileNotFoundError(
+                f"{spec}: no such local folder, and not in the HuggingFace cache ({constants.HF_HUB_CACHE}) while "
+                f"HF_HUB_OFFLINE is set: download it first (hf download {spec}) or give a checkpoint folder"
+            ) from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise FileNotFoundError(
+            f"{spec}: no such local folder, and not loadable from the HuggingFace hub: {first}"
+        ) from None
 
 
 def _read_weights(folder: Path, map_location) -> dict[str, torch.Tensor]:
@@ -39,7 +81,7 @@ def _read_weights(folder: Path, map_location) -> dict[str, torch.Tensor]:
 
 
 def load_pretrained(cls, path, *, backend: str = "torch", map_location="cpu"):
-    folder = Path(path)
+    folder = resolve_folder(path)
     cfg_file = folder / "config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{folder}: not a checkpoint folder (no config.json)")
@@ -95,3 +137,12 @@ def save_pretrained(model, path, *, format: str = "mamba_ssm") -> None:
         sd.pop("lm_head.weight")  # safetensors refuses shared tensors; both loaders re-tie
     (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    give_normal_permissions(folder / "model.safetensors")
+
+
+def give_normal_permissions(path) -> None:
+    """safetensors' save_file creates its file -rw------- (nobody else on a shared cluster can read it):
+    give it what open() gives a new file, 0o666 minus the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)

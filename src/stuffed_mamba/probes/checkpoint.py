@@ -1,7 +1,8 @@
 """Load a model to probe from a Lightning checkpoint (.ckpt) or a checkpoint folder.
 
 - A folder with `config.json` (official mamba_ssm or transformers Mamba2, or our
-  `save_pretrained`/export) goes through `Mamba2LM.from_pretrained`.
+  `save_pretrained`/export) goes through `Mamba2LM.from_pretrained`; so does a HuggingFace
+  hub name (OWNER/NAME), found in the HuggingFace cache (HF_HUB_OFFLINE=1: the cache only).
 - A Lightning `.ckpt` written by the training module holds the network under
   `state_dict` with the prefix `model.` and its architecture under `mamba2_config`; the
   recipe that made it sits in `{run.dir}/recipe.yaml` (the checkpoint lives in
@@ -58,9 +59,9 @@ def _torch_load(path: Path) -> dict:
 def load_checkpoint(path, *, backend: str = "torch", device="cpu") -> LoadedCheckpoint:
     from stuffed_mamba.model import Mamba2Config, Mamba2LM
 
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    from stuffed_mamba.model.pretrained import resolve_folder
+
+    p = resolve_folder(path)  # a local path, or a hub name through the HuggingFace cache
     if p.is_dir():
         if not (p / "config.json").is_file():
             raise ValueError(

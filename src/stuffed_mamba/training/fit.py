@@ -22,10 +22,12 @@ class FitResult:
     tensorboard_dir: str
     nonfinite_skipped: int
     requeued: bool
+    interrupted: bool = False  # Ctrl-C: stopped at an episode boundary with a checkpoint
+    complete: bool = False  # the run had already reached trainer.max_steps: nothing was done
 
 
 def build_model(cfg: RecipeConfig, tokenizer):
-    """From `model.init_from` (official or transformers folder) or from scratch with `run.seed`."""
+    """From `model.init_from` (official or transformers folder, or a hub name) or from scratch with `run.seed`."""
     from stuffed_mamba.model import Mamba2Config, Mamba2LM
 
     m = cfg.model
@@ -33,9 +35,7 @@ def build_model(cfg: RecipeConfig, tokenizer):
     if "A_init_range" in overrides:
         overrides["A_init_range"] = tuple(overrides["A_init_range"])
     if m.init_from:
-        if not Path(m.init_from).is_dir():
-            raise ConfigError(f"model.init_from: not a checkpoint folder: {m.init_from}")
-        try:
+        try:  # a folder, or a hub name (OWNER/NAME) through the HuggingFace cache
             model = Mamba2LM.from_pretrained(m.init_from, backend=m.backend)
         except (OSError, ValueError, KeyError) as e:
             raise ConfigError(f"model.init_from: {_first_line(e)}") from None
@@ -96,20 +96,31 @@ def build_trainer(cfg: RecipeConfig, callbacks: Sequence, *, log=print):
 
 
 def _progress_bar():
-    """Lightning's default bar without `v_num`: our logger's version is the folder name "tensorboard",
-    which the bar shows cut to its last four letters ("oard")."""
-    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
-    from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+    """Optimiser steps toward `trainer.max_steps` with an ETA, continuing from the resumed step.
 
-    base = RichProgressBar if _RICH_AVAILABLE else TQDMProgressBar
+    Lightning's bar counts batches (episodes here, S optimiser steps each) from 0 after a resume,
+    has no total for a streamed loader, and shows the logger's version cut to "oard"."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+    from lightning.pytorch.callbacks.progress.tqdm_progress import _update_n
 
-    class ProgressBar(base):
+    class StepProgressBar(TQDMProgressBar):
+        def on_train_epoch_start(self, trainer, *_) -> None:
+            bar = self.train_progress_bar
+            bar.reset(total=trainer.max_steps if trainer.max_steps > 0 else None)
+            bar.initial = trainer.global_step  # the rate (and ETA) counts this job's steps only
+            _update_n(bar, trainer.global_step)
+            bar.set_description("optimiser steps")
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            _update_n(self.train_progress_bar, trainer.global_step)
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+
         def get_metrics(self, trainer, pl_module):
             metrics = super().get_metrics(trainer, pl_module)
             metrics.pop("v_num", None)
             return metrics
 
-    return ProgressBar()
+    return StepProgressBar()
 
 
 def fit(
@@ -128,7 +139,8 @@ def fit(
     from stuffed_mamba.training.datamodule import EpisodeDataModule
     from stuffed_mamba.training.module import TBPTTModule
     from stuffed_mamba.training.report import startup_report
-    from stuffed_mamba.training.requeue import RequeueOnSignal
+    from stuffed_mamba.training.requeue import RequeueOnSignal, StopOnInterrupt
+    from stuffed_mamba.training.resume import RecordRun, check_architecture, read_resume_point, recipe_changes
 
     say = rank_zero_only(log)
     quiet_lightning()
@@ -141,6 +153,13 @@ def fit(
             f"run.dir={cfg.run.dir} already holds {earlier.name} from an earlier run: run.resume=auto continues it, "
             "run.overwrite=true starts over, or choose another run.dir"
         )
+    # Nothing in run.dir changes until the start has succeeded: the checks come first.
+    point = read_resume_point(resume_from) if resume_from else None
+    max_steps = cfg.trainer.max_steps if cfg.trainer.max_steps is not None else cfg.optim.total_steps
+    if point is not None and point.global_step >= max_steps:
+        c = point.counters
+        return FitResult(point.global_step, c.get("episodes_done", 0), c.get("tokens_seen", 0), None, 0.0, resume_from,
+                         str(run_dir / "tensorboard"), c.get("nonfinite_total", 0), False, complete=True)
 
     # Under Slurm the warning signal can come at any time: catch it before anything slow.
     checkpoints = EpisodeCheckpoint(ckpt_dir, cfg.run.checkpoint_every_n_steps, cfg.run.keep_every_n_steps)
@@ -161,10 +180,17 @@ def fit(
         raise ConfigError(f"data.tokenizer: {_first_line(e)}") from None
     L.seed_everything(cfg.run.seed, workers=False, verbose=False)
     model = build_model(cfg, tokenizer)
+    changes = []
+    if point is not None:
+        check_architecture(point, model.config)
+        changes = recipe_changes(point.recipe, to_dict(cfg))
 
     # 2. callbacks: checkpoints, requeue, probes
     # order matters at a batch end: the periodic save, then the requeue agreement, then probes
-    callbacks = [checkpoints]
+    record = RecordRun(str(run_dir), to_yaml(cfg), to_dict(cfg), resumed_step=point.global_step if point else None,
+                       hyperparameters=lambda: _flat(to_dict(cfg)))
+    interrupt = StopOnInterrupt(ckpt_dir, saver=checkpoints.save_unless_current)
+    callbacks = [record, checkpoints, interrupt]
     if requeue is not None:
         callbacks.append(requeue)
     if cfg.probes.enabled:
@@ -189,13 +215,9 @@ def fit(
         except (OSError, ValueError) as e:
             msg = _first_line(e)
             raise ConfigError(msg if msg.startswith("data") else f"data: {msg}") from None
-    for line in startup_report(cfg, model, world_size=world_size, resume_from=resume_from, recipe=recipe):
+    for line in startup_report(cfg, model, world_size=world_size, resume_from=resume_from, recipe=recipe,
+                               changes=changes):
         say(line)
-    if trainer.is_global_zero:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.yaml").write_text(to_yaml(cfg))
-    if trainer.logger is not None:
-        trainer.logger.log_hyperparams(_flat(to_dict(cfg)))
 
     # 4. train (resume restores weights, optimiser, step, data position per rank, RNG)
     t0 = time.perf_counter()
@@ -220,6 +242,7 @@ def fit(
         tensorboard_dir=str(run_dir / "tensorboard"),
         nonfinite_skipped=module.nonfinite_total,
         requeued=bool(requeue and requeue.requeued),
+        interrupted=interrupt.requeued,
     )
 
 

@@ -8,8 +8,10 @@ from stuffed_mamba.allocator import describe as describe_allocator
 from stuffed_mamba.training.config import RecipeConfig
 
 
-def startup_report(cfg: RecipeConfig, model, *, world_size: int, resume_from: str | None, recipe: str | None) -> list[str]:
-    """Lines to print on rank 0 before training. The last lines may be WARNINGs."""
+def startup_report(cfg: RecipeConfig, model, *, world_size: int, resume_from: str | None, recipe: str | None,
+                   changes: list[str] = ()) -> list[str]:
+    """Lines to print on rank 0 before training. The last lines may be WARNINGs. `changes`: the recipe
+    keys that differ from the resumed run's (`key: old -> new`)."""
     from stuffed_mamba.analysis import forget_threshold_warning, predicted_thresholds
 
     c, d, o, t = model.config, cfg.data, cfg.optim, cfg.trainer
@@ -37,6 +39,7 @@ def startup_report(cfg: RecipeConfig, model, *, world_size: int, resume_from: st
         f"allocator    {describe_allocator()}",
         f"run dir      {cfg.run.dir} (checkpoints/last.ckpt; TensorBoard: tensorboard --logdir {cfg.run.dir}/tensorboard)",
         f"resume       {resume_from or 'no: fresh start'}",
+        *([f"changed      since the checkpoint: {'; '.join(changes)}"] if changes else []),
         "predicted    " + _predicted(pred),
     ]
     if t.strategy == "deepspeed":

@@ -94,3 +94,23 @@ class RequeueOnSignal(L.Callback):
                 f"failed ({result.returncode}): {result.stderr.strip()}",
                 flush=True,
             )
+
+
+class StopOnInterrupt(RequeueOnSignal):
+    """Ctrl-C (SIGINT) as Slurm's warning without the requeue: the ranks agree at the next episode
+    boundary, save last.ckpt together and stop; `requeued` then means "stopped here". A second
+    Ctrl-C aborts at once (Lightning's KeyboardInterrupt path), without a checkpoint."""
+
+    def __init__(self, checkpoint_dir: str | os.PathLike, saver=None):
+        super().__init__(checkpoint_dir, signum=signal.SIGINT, requeue=False, saver=saver)
+
+    def _handler(self, signum, frame) -> None:
+        if self.flag:
+            raise KeyboardInterrupt
+        self.flag = True
+        # os.write, not print: a handler that prints can interrupt a print (reentrant call)
+        os.write(2, b"\n[stuffed-mamba] Ctrl-C: stopping at the next episode boundary with a checkpoint "
+                    b"(Ctrl-C again aborts without one)\n")
+
+    def _requeue_job(self) -> None:
+        pass  # the caller says where the run stopped and how to continue
