@@ -3,11 +3,15 @@
 
     python benchmarks/data_throughput.py [--source data/sample] [--tokenizer SPEC]
         [--min-doc-tokens 4096] [--repeats 3] [--workers 0,2]
+    python benchmarks/data_throughput.py --parquet-copy /tmp/sample_pq [--workers 0,2]   # the hf:// path
+    python benchmarks/data_throughput.py --source hf://parquet --data-files 'DIR/*.parquet' [--text-field F]
 
 Reference: `encode_batch_fast` of the kept documents' texts (already in memory), in batches of
 the pipeline's size, with tokenizers' Rust threads. Pipeline: build_dataloader (gzip, JSON
 lines, listed + in-stream dedup, byte and token length filters, tokenize, pack into episodes)
-over the same source, one pass (epochs=1), all episodes consumed. Both count the tokens of the
+over the same source, one pass (epochs=1), all episodes consumed. --parquet-copy DIR writes
+data/sample's documents as one parquet file per shard into DIR and times the hf:// path
+(`datasets` streaming) over them: the same text as the RedPajama-V2 run. Both count the tokens of the
 kept documents; tokens/s of each and their ratio are printed. Best of --repeats (the machine is
 shared). The pipeline also tokenizes documents that pass the byte pre-filter and then fail the
 token filter: that work is part of its cost.
@@ -61,27 +65,32 @@ def main(argv=None) -> int:
     ap.add_argument("--segments", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--workers", default="0", help="comma-separated num_workers values to time")
+    ap.add_argument("--data-files", default=None, help="data.hf_data_files of an hf:// source")
+    ap.add_argument("--text-field", default="text")
+    ap.add_argument("--parquet-copy", metavar="DIR", help="write data/sample as parquet into DIR, time hf://parquet")
     args = ap.parse_args(argv)
+    if args.parquet_copy:
+        args.source, args.data_files = "hf://parquet", _parquet_copy(args.parquet_copy)
 
     from stuffed_mamba.data import DataConfig, load_tokenizer
     from stuffed_mamba.data.documents import open_documents
-    from stuffed_mamba.data.source import open_source
     from stuffed_mamba.data.stream import DocumentStream
 
     tok = load_tokenizer(args.tokenizer)
+    hf = dict(hf_data_files=args.data_files, text_field=args.text_field) if args.source.startswith("hf://") else {}
     base = DataConfig(
         source=args.source, listing=args.listing, tokenizer=args.tokenizer, min_doc_tokens=args.min_doc_tokens,
-        train_length=args.train_length, segments=args.segments, batch_size=1, epochs=1, shuffle_shards=False,
+        train_length=args.train_length, segments=args.segments, batch_size=1, epochs=1, shuffle_shards=False, **hf,
     )  # fmt: skip
 
     # the kept documents' texts, found by the pipeline's own stream stages
-    src = open_source(args.source)
+    reader, shards = open_documents(base)
     stream = DocumentStream(
-        *open_documents(base), tok, min_doc_tokens=args.min_doc_tokens, dedup=True,
+        reader, shards, tok, min_doc_tokens=args.min_doc_tokens, dedup=True,
         dedup_memory=base.dedup_memory, tokenize_batch_bytes=base.tokenize_batch_bytes, epochs=1,
     )  # fmt: skip
     kept_ids = {doc_id for doc_id, _ in stream}
-    texts = _texts(src, kept_ids)
+    texts = _texts(reader, shards, kept_ids)
 
     from dataclasses import replace
 
@@ -122,23 +131,30 @@ def main(argv=None) -> int:
     return 0
 
 
-def _texts(src, ids):
-    """raw_content of the given document ids, in stream order."""
-    import json
+def _texts(reader, shards, ids):
+    """The text of the given document ids, in stream order (read again through the same reader)."""
+    from stuffed_mamba.data.counters import new_counters
 
-    from stuffed_mamba.data.reader import gzip_lines
+    return [text for tag in shards for _, doc_id, text, _ in reader.open(tag, 0, new_counters()) if doc_id in ids]
 
-    by_tag = {}
-    for doc_id in ids:
-        tag, line = doc_id.rsplit(".json.gz/", 1)
-        by_tag.setdefault(tag, set()).add(int(line))
-    out = []
-    for tag, lines in by_tag.items():
-        with src.open(f"documents/{tag}.json.gz") as f:
-            for i, raw in enumerate(gzip_lines(f, 1 << 40)):
-                if i in lines:
-                    out.append(json.loads(raw)["raw_content"])
-    return out
+
+def _parquet_copy(out: str) -> str:
+    """data/sample's documents (every readable line) as one parquet file per shard; returns the glob."""
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from stuffed_mamba.data import DataConfig
+    from stuffed_mamba.data.counters import new_counters
+    from stuffed_mamba.data.documents import open_documents
+
+    reader, tags = open_documents(DataConfig(dedup=False))
+    Path(out).mkdir(parents=True, exist_ok=True)
+    for i, tag in enumerate(tags):
+        texts = [t for _, _, t, _ in reader.open(tag, 0, new_counters()) if t is not None]
+        pq.write_table(pa.table({"text": pa.array(texts, pa.string())}), Path(out) / f"sample-{i:05d}.parquet")
+    return str(Path(out) / "*.parquet")
 
 
 if __name__ == "__main__":

@@ -245,3 +245,19 @@ def test_prepare_mirrors_an_hf_source_as_parquet(jsonl, tmp_path, capsys):
     assert torch.equal(tokens("hf://json", jsonl.glob), tokens("hf://parquet", report["data_files"]))
     assert main(args) == 0  # a second run finds the files in place
     assert json.loads(capsys.readouterr().out)["bytes"] == 0
+
+
+def test_pg19_recipe_changes_only_the_data_source_of_its_base():
+    from dataclasses import asdict
+
+    from stuffed_mamba.training.config import load_recipe
+
+    base, pg19 = load_recipe("recipes/mamba2_370m_256k.yaml"), load_recipe("recipes/mamba2_370m_256k_pg19.yaml")
+    a, b = asdict(base), asdict(pg19)
+    assert b["data"]["source"] == "hf://emozilla/pg19" and b["data"]["text_field"] == "text"
+    assert b["run"].pop("dir") != a["run"].pop("dir")
+    assert {k: v for k, v in a.items() if k != "data"} == {k: v for k, v in b.items() if k != "data"}
+    same = ("tokenizer", "min_doc_tokens", "segments", "train_length", "batch_size")
+    assert all(a["data"][k] == b["data"][k] for k in same)
+    # row streams of the base's 8 GPUs fit the 23 train files of the hub dataset
+    assert pg19.trainer.devices * pg19.trainer.num_nodes * pg19.data.num_workers * pg19.data.batch_size <= 23
