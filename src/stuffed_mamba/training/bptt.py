@@ -110,7 +110,8 @@ def _full(model, inputs, labels, backward: Backward, all_finite: AllFinite) -> t
         for s in range(S - 1):
             out = model(inputs[:, s], state=initial[s], labels=labels[:, s])
             losses.append(out.loss.float())
-            initial.append(out.state if torch.isfinite(out.loss) else None)
+            # A copy: a backend's final state may be a view that keeps a whole segment's buffer alive.
+            initial.append(out.state.map(torch.clone) if torch.isfinite(out.loss) else None)
 
     # Backward, last segment first; segment S's forward is the first recomputation.
     g = None  # dL/dh_s for the segment being recomputed: nothing follows segment S
