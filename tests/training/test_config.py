@@ -34,8 +34,6 @@ def test_errors_are_one_line_and_name_the_key(override, names):
 
 
 def test_impossible_combinations():
-    with pytest.raises(ConfigError, match="optim.optimizer_step"):
-        load_recipe(TINY, ["trainer.strategy=deepspeed", "optim.optimizer_step=episode"])
     with pytest.raises(ConfigError, match="trainer.deepspeed.offload_parameters"):
         load_recipe(TINY, ["trainer.deepspeed.offload_parameters=true"])
     with pytest.raises(ConfigError, match="model.n_layer"):

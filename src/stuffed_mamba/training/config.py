@@ -238,11 +238,6 @@ def validate(cfg: RecipeConfig) -> None:
     _check(t.deepspeed.stage in (1, 2, 3), "trainer.deepspeed.stage", f"must be 1, 2 or 3, got {t.deepspeed.stage}")
     _check(not t.deepspeed.offload_parameters or t.deepspeed.stage == 3, "trainer.deepspeed.offload_parameters",
            "needs trainer.deepspeed.stage=3 (only ZeRO-3 partitions parameters)")
-    if t.strategy == "deepspeed":
-        # DeepSpeed's engine treats every backward as a step boundary unless told the
-        # accumulation count, which Lightning owns: summing S segments into one step is
-        # not supported under it.
-        _check(o.optimizer_step == "segment", "optim.optimizer_step", "must be 'segment' under trainer.strategy=deepspeed")
 
     _check(r.checkpoint_every_n_steps >= 1, "run.checkpoint_every_n_steps", f"must be >= 1, got {r.checkpoint_every_n_steps}")
     _check(r.keep_every_n_steps is None or r.keep_every_n_steps >= 1, "run.keep_every_n_steps", f"must be >= 1 or null, got {r.keep_every_n_steps}")

@@ -18,9 +18,11 @@ from typing import Any, Iterator
 import lightning as L
 import torch
 
+from stuffed_mamba.training.backward import make_backward
 from stuffed_mamba.training.config import OptimConfig
 from stuffed_mamba.training.optim import build_adamw
 from stuffed_mamba.training.schedule import wsd_lambda
+from stuffed_mamba.training.strategy import deepspeed_engine, is_deepspeed
 
 
 class NonFiniteLossError(RuntimeError):
@@ -58,27 +60,25 @@ class TBPTTModule(L.LightningModule):
 
         state = None  # zeros: the state resets at every episode boundary
         losses = torch.full((S,), float("nan"))
-        episode_ok = True
+        backward = make_backward(self)  # episode mode: communicates once, after the last segment
         for s in range(S):
             out = self.model(inputs[:, s], state=state, labels=labels[:, s])  # chunked CE, no [B,T,V]
-            # All ranks decide together: a rank that skipped its backward would leave the
-            # others waiting in the gradient all-reduce.
-            if not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(out.loss)), all=True):
-                state, episode_ok = None, False  # a poisoned state is not carried: restart from zeros
-                if step_per_segment:
-                    self._skip_step(opt)
-                continue
+            last = step_per_segment or s == S - 1  # last backward before the optimiser step
+            # All ranks decide together, so all of them poison their loss or none.
+            finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(out.loss)), all=True)
+            # A non-finite loss still runs its backward, poisoned so that its gradient is NaN: the
+            # step then skips under every strategy (clip norm under DDP, DeepSpeed's own overflow
+            # check), which also discards the segments accumulated before it in episode mode.
+            loss = out.loss if finite else out.loss * float("nan")
             # In episode mode the S backward passes sum: /S makes it the episode's mean loss.
-            self.manual_backward(out.loss if step_per_segment else out.loss / S)
-            losses[s] = out.loss.detach().float().cpu()
-            state = out.state.detach()  # gradients stop at the segment boundary; its graph is freed
-            if step_per_segment:
-                self._optimizer_step(opt)
-        if not step_per_segment:
-            if episode_ok:
-                self._optimizer_step(opt)
+            backward(loss if step_per_segment else loss / S, last=last)
+            if finite:
+                losses[s] = out.loss.detach().float().cpu()
+                state = out.state.detach()  # gradients stop at the segment boundary; its graph is freed
             else:
-                self._skip_step(opt)
+                state = None  # a poisoned state is not carried: restart from zeros
+            if last:
+                self._optimizer_step(opt)
 
         self.episodes_done += 1
         self.tokens_seen += B * S * T * self.trainer.world_size
@@ -101,19 +101,28 @@ class TBPTTModule(L.LightningModule):
         if grad_norm is not None and not math.isfinite(grad_norm):
             self._skip_step(opt)
             return
+        engine = deepspeed_engine(self.trainer.strategy)
+        skipped_before = engine.skipped_steps if engine is not None else 0
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if grad_norm is None:  # DeepSpeed clipped inside its step; ask it for the norm
-            grad_norm = _deepspeed_grad_norm(self.trainer.strategy)
+        if engine is not None:
+            # DeepSpeed clips inside its step and skips it itself on a non-finite gradient (its
+            # overflow check zeroes the gradients): same accounting as above, and not an
+            # optimiser step, as under DDP.
+            if engine.skipped_steps > skipped_before:
+                _uncount_optimizer_step(self.trainer)
+                self._skip_step(opt)
+                return
+            grad_norm = engine.get_global_grad_norm()
         if grad_norm is not None:
-            self._grad_norms.append(grad_norm)
+            self._grad_norms.append(float(grad_norm))
         self.nonfinite_streak = 0
         self.nonfinite_first_step = None
 
     def _clip_gradients(self) -> float | None:
         """Global grad norm before clipping (None under DeepSpeed, which clips in its own step
         through `gradient_clipping` in its config: Lightning's clip is a no-op there)."""
-        if _is_deepspeed(self.trainer.strategy):
+        if is_deepspeed(self.trainer.strategy):
             return None
         max_norm = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip > 0 else float("inf")
         # Under DDP the gradients are already all-reduced: every rank gets the same norm.
@@ -227,15 +236,13 @@ class TBPTTModule(L.LightningModule):
 # ---------------------------------------------------------------------- helpers
 
 
-def _is_deepspeed(strategy) -> bool:
-    return type(strategy).__name__ == "DeepSpeedStrategy"
-
-
-def _deepspeed_grad_norm(strategy) -> float | None:
-    engine = getattr(strategy, "deepspeed_engine", None) or getattr(strategy, "model", None)
-    get = getattr(engine, "get_global_grad_norm", None)
-    norm = get() if get is not None else None
-    return float(norm) if norm is not None else None
+def _uncount_optimizer_step(trainer) -> None:
+    """Undo Lightning's count of an `optimizer.step()` that DeepSpeed skipped (global_step is
+    read from this progress tracker under manual optimisation)."""
+    progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+    for tracker in (progress.total, progress.current):
+        tracker.ready -= 1
+        tracker.completed -= 1
 
 
 def _train_loader(trainer):

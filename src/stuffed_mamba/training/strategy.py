@@ -55,3 +55,15 @@ def build_strategy(cfg: RecipeConfig):
 
         return DeepSpeedStrategy(config=deepspeed_config(cfg))
     raise ValueError(f"unknown strategy {name!r}")
+
+
+def is_deepspeed(strategy) -> bool:
+    from lightning.pytorch.strategies import DeepSpeedStrategy  # does not import deepspeed itself
+
+    return isinstance(strategy, DeepSpeedStrategy)
+
+
+def deepspeed_engine(strategy):
+    """The `deepspeed.DeepSpeedEngine` a DeepSpeed strategy wraps the module in (None otherwise,
+    or before `trainer.fit` has set it up)."""
+    return getattr(strategy, "model", None) if is_deepspeed(strategy) else None
