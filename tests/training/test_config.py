@@ -53,7 +53,7 @@ def test_cli_prints_one_line_and_exits_2_before_building_anything(tmp_path):
     )
     assert r.returncode == 2
     lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert lines == ["stuffed-mamba fit: error: unknown recipe key 'optim.nope'"]
+    assert len(lines) == 1 and lines[0].startswith("stuffed-mamba fit: error: unknown recipe key 'optim.nope'")
     assert not (tmp_path / "run").exists()
 
 
@@ -73,3 +73,32 @@ def test_bad_data_settings_are_one_line_before_training(override, names, tmp_pat
         fit(cfg, log=lambda s: None)
     assert names in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("override, suggestion", [
+    ("optim.rl=1e-3", "optim.lr"),  # a typo
+    ("lr=1e-3", "optim.lr"),  # the right name in the wrong place
+    ("optim.learning_rate=1e-3", "optim.lr"),  # another tool's name
+    ("data.segmnts=4", "data.segments"),
+])
+def test_an_unknown_key_suggests_the_nearest_valid_one(override, suggestion):
+    with pytest.raises(ConfigError, match=f"unknown recipe key .*; did you mean {suggestion}\\?$"):
+        load_recipe(TINY, [override])
+
+
+def test_print_config_shows_the_values_the_run_will_use():
+    """model fields left null print as what the run builds (Mamba2Config defaults, the tokenizer's vocab,
+    an official checkpoint's shape), and trainer.max_steps as where the job stops."""
+    r = subprocess.run([sys.executable, "-m", "stuffed_mamba", "fit", TINY, "--print-config"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "null" not in r.stdout.split("data:")[0].replace("init_from: null", "")
+    for line in ("d_conv: 4", "expand: 2", "vocab_size: 1024", "d_model: 128", "max_steps: 600"):
+        assert f"  {line}\n" in r.stdout, line
+    from omegaconf import OmegaConf
+
+    from stuffed_mamba.training.config import resolved
+
+    cfg = resolved(load_recipe("recipes/mamba2_370m_256k.yaml"))  # not downloaded: known by its name
+    assert (cfg.model.d_model, cfg.model.n_layer, cfg.model.d_state, cfg.model.headdim) == (1024, 48, 128, 64)
+    assert cfg.model.init_from == "state-spaces/mamba2-370m" and OmegaConf.structured(cfg) is not None

@@ -16,7 +16,8 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("recipe", help="recipe YAML, e.g. recipes/tiny_cpu.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")
-    p.add_argument("--print-config", action="store_true", help="print the validated recipe and exit")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the validated recipe with the values the run will use (model defaults, vocab_size, max_steps) and exit")
     p.set_defaults(func=run)
 
 
@@ -28,7 +29,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         raise CLIError(str(e)) from None
     if args.print_config:
-        print(to_yaml(cfg), end="")
+        from stuffed_mamba.training.config import resolved
+
+        print(to_yaml(resolved(cfg, _vocab_size_offline(cfg.data.tokenizer))), end="")
         return 0
 
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -62,6 +65,24 @@ def run(args: argparse.Namespace) -> int:
             + _command(args, cfg))
     say(f"tensorboard --logdir {result.tensorboard_dir}")
     return 130 if result.interrupted else 0
+
+
+def _vocab_size_offline(spec: str) -> int | None:
+    """The tokenizer's vocabulary when it is at hand (a file, "bytes", the HuggingFace cache); printing
+    the config never downloads, and a bad tokenizer is reported by fit itself."""
+    from stuffed_mamba.data import load_tokenizer
+    from stuffed_mamba.data.paths import resolve_local
+
+    try:
+        if spec == "bytes" or resolve_local(spec) is not None:
+            return load_tokenizer(spec).vocab_size
+        import huggingface_hub as hub
+        from tokenizers import Tokenizer
+
+        cached = hub.try_to_load_from_cache(spec, "tokenizer.json")
+        return Tokenizer.from_file(cached).get_vocab_size(with_added_tokens=True) if isinstance(cached, str) else None
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _command(args: argparse.Namespace, cfg, *extra: str) -> str:

@@ -183,7 +183,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> RecipeCon
     try:
         merged = OmegaConf.merge(schema, *layers)
     except ConfigKeyError as e:
-        raise ConfigError(f"unknown recipe key '{e.full_key}'") from None
+        raise ConfigError(f"unknown recipe key '{e.full_key}'{_did_you_mean(e.full_key, schema)}") from None
     except OmegaConfBaseException as e:
         raise ConfigError(f"recipe key {_one_line(e)}") from None
     try:
@@ -194,6 +194,86 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> RecipeCon
         raise ConfigError(str(e).strip().splitlines()[0]) from None
     validate(cfg)
     return cfg
+
+
+# names other tools (Lightning, transformers, mamba_ssm) give to our keys
+_ALIASES = {
+    "learning_rate": "optim.lr", "gradient_clip_val": "optim.grad_clip", "max_epochs": "trainer.max_steps",
+    "hidden_size": "model.d_model", "num_hidden_layers": "model.n_layer", "state_size": "model.d_state",
+    "n_layers": "model.n_layer", "num_layers": "model.n_layer", "head_dim": "model.headdim",
+    "seq_len": "data.train_length", "max_seq_len": "data.train_length", "micro_batch_size": "data.batch_size",
+}
+
+
+def _did_you_mean(key: str, schema) -> str:
+    """"; did you mean optim.lr?" for the valid key nearest to `key` (whole key, else its last part)."""
+    import difflib
+
+    from omegaconf import DictConfig
+
+    def keys(node, prefix=""):
+        for k, v in node.items_ex(resolve=False) if isinstance(node, DictConfig) else ():
+            yield from keys(v, f"{prefix}{k}.") if isinstance(v, DictConfig) else [f"{prefix}{k}"]
+
+    valid = list(keys(schema))
+    leaf = key.rsplit(".", 1)[-1]
+    if leaf in _ALIASES:
+        return f"; did you mean {_ALIASES[leaf]}?"
+    near = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    if not near:  # a known name in the wrong place or misspelt: compare the last parts
+        near = [k for k in valid if k.rsplit(".", 1)[-1] in difflib.get_close_matches(
+            leaf, [v.rsplit(".", 1)[-1] for v in valid], n=1, cutoff=0.75)][:1]
+    return f"; did you mean {near[0]}?" if near else ""
+
+
+def resolved(cfg: RecipeConfig, tokenizer_vocab: Optional[int] = None) -> RecipeConfig:
+    """A copy whose `model:` shows the values the run will use: the fields left null take
+    `init_from`'s config.json (when it is on disk or in the HuggingFace cache) or
+    Mamba2Config's defaults, and `vocab_size` the tokenizer's."""
+    import copy
+    import json
+
+    out = copy.deepcopy(cfg)
+    m = out.model
+    base: Optional[Mamba2Config] = None
+    if m.init_from:
+        from stuffed_mamba.model.pretrained import is_hub_name
+
+        raw = None
+        local = Path(m.init_from) / "config.json"
+        if local.is_file():
+            raw = json.loads(local.read_text())
+        elif is_hub_name(m.init_from):
+            import huggingface_hub as hub
+
+            cached = hub.try_to_load_from_cache(m.init_from, "config.json")
+            raw = json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
+        if raw is not None:
+            base = Mamba2Config.from_hf(raw) if "hidden_size" in raw else Mamba2Config.from_mamba_ssm(raw)
+        else:  # not downloaded: an official checkpoint is known by its name (Mamba2Config's defaults are its)
+            from stuffed_mamba.analysis.state_size import OFFICIAL_SIZES
+
+            official = Path(str(m.init_from).rstrip("/")).name.lower().removeprefix("mamba2-")
+            if official in OFFICIAL_SIZES:
+                base = Mamba2Config(**OFFICIAL_SIZES[official])
+    else:
+        fields = mamba2_overrides(m)
+        if tokenizer_vocab is not None:
+            fields.setdefault("vocab_size", tokenizer_vocab)
+        if "A_init_range" in fields:
+            fields["A_init_range"] = tuple(fields["A_init_range"])
+        try:
+            base = Mamba2Config(**fields)
+        except (TypeError, ValueError):
+            base = None
+    if base is not None:
+        for f in dataclasses.fields(base):
+            if f.init and hasattr(m, f.name) and getattr(m, f.name) is None:
+                value = getattr(base, f.name)
+                setattr(m, f.name, list(value) if isinstance(value, tuple) else value)
+    if out.trainer.max_steps is None:
+        out.trainer.max_steps = out.optim.total_steps
+    return out
 
 
 def to_yaml(cfg: RecipeConfig) -> str:
