@@ -1,8 +1,8 @@
 """`stuffed-mamba eval {passkey,retention,states,loss,...} --checkpoint PATH ...`: the forgetting probes on any checkpoint.
 
 PATH is a Lightning checkpoint (`{run.dir}/checkpoints/last.ckpt`; its run's recipe gives
-the tokenizer, T_train and the evaluation data) or a checkpoint folder (official or
-exported). Each command prints a table and writes `DIR/<command>.json`, `DIR/<command>.txt`
+the tokenizer, T_train and the evaluation data), a checkpoint folder (official or
+exported) or a HuggingFace hub name (OWNER/NAME). Each command prints a table and writes `DIR/<command>.json`, `DIR/<command>.txt`
 and PNG plots. `--intervention` (repeatable: none, rri, longmamba:0.5, window:W) compares
 training-free interventions on the same checkpoint, as in figure 4. One sub-command per
 probe of the registry (`stuffed_mamba.probes.registry`); its flags are the probe's settings,
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 import typing
 from pathlib import Path
@@ -78,7 +79,8 @@ def _parser(tp, tokens: bool):
 
 def _common(sp) -> None:
     sp.add_argument("--checkpoint", required=True, help="Lightning .ckpt or checkpoint folder")
-    sp.add_argument("--out", default="eval", help="output folder (default: ./eval)")
+    sp.add_argument("--out", default=None,
+                    help="output folder (default: {run.dir}/eval for a checkpoint of `fit`, else ./eval)")
     sp.add_argument("--tokenizer", help="tokenizer spec (default: the run's recipe, or the folder's tokenizer.json)")
     sp.add_argument("--train-length", type=parse_length, help="T_train (default: the run's recipe)")
     sp.add_argument("--intervention", action="append", metavar="SPEC",
@@ -113,15 +115,16 @@ class _Ctx:
         self.data = dict(recipe.get("data") or {})
         self.train_length = args.train_length or self.data.get("train_length")
         self.tokenizer = self._tokenizer(args)
-        self.out = Path(args.out)
+        self.out = Path(args.out) if args.out else _default_out(self.ckpt)
         self.progress = not args.no_progress
 
     def _tokenizer(self, args):
         from stuffed_mamba.data import load_tokenizer
 
         spec = args.tokenizer or self.data.get("tokenizer")
-        if spec is None and Path(args.checkpoint).is_dir() and (Path(args.checkpoint) / "tokenizer.json").is_file():
-            spec = str(Path(args.checkpoint) / "tokenizer.json")
+        folder = Path(self.ckpt.path)  # a hub name resolves to its snapshot folder
+        if spec is None and folder.is_dir() and (folder / "tokenizer.json").is_file():
+            spec = str(folder / "tokenizer.json")
         if spec is None:
             raise CLIError("no tokenizer known for this checkpoint: pass --tokenizer (e.g. EleutherAI/gpt-neox-20b)")
         try:
@@ -154,6 +157,35 @@ class _Ctx:
         return tqdm(desc=desc, unit="sample", disable=not self.progress, dynamic_ncols=True)
 
 
+def _default_out(ckpt) -> Path:
+    """Beside the run a `fit` checkpoint came from ({run.dir}/checkpoints/x.ckpt -> {run.dir}/eval);
+    for a folder (an export, a hub snapshot in the HuggingFace cache) ./eval (ignored by git)."""
+    path = Path(ckpt.path)
+    if ckpt.kind == "lightning" and path.parent.name == "checkpoints":
+        return path.parent.parent / "eval"
+    return Path("eval")
+
+
+def _warn_useless_windows(probe, cfg, pctx, specs: list[str]) -> None:
+    """window:W with W >= every length evaluated never drops anything: the run equals `none`."""
+    from stuffed_mamba.model import Intervention
+
+    try:
+        if hasattr(probe, "lengths"):
+            longest = max(probe.lengths(cfg, pctx))
+        elif hasattr(cfg, "length"):
+            longest = cfg.length or 4 * pctx.need_train_length(probe.name)
+        else:
+            return
+    except (ValueError, TypeError):
+        return
+    for spec in specs:
+        w = Intervention.parse(spec)
+        if w is not None and w.window is not None and w.window >= longest:
+            print(f"stuffed-mamba eval: warning: --intervention {spec}: the window ({w.window}) is not shorter than "
+                  f"the longest length evaluated ({longest}): this run equals 'none'", file=sys.stderr, flush=True)
+
+
 def _suffix(spec: str, n: int) -> str:
     return "" if n == 1 and spec == "none" else "_" + spec.replace(":", "").replace(",", "_")
 
@@ -180,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
         inputs = probe.inputs(cfg, pctx)
     except (ValueError, FileNotFoundError) as e:
         raise CLIError(str(e)) from None
+    _warn_useless_windows(probe, cfg, pctx, ctx.interventions)
     ctx.out.mkdir(parents=True, exist_ok=True)
     runs, tables, pngs = {}, [], []
     takes_progress = "progress" in inspect.signature(probe.run).parameters
