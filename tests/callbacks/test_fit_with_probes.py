@@ -72,6 +72,15 @@ def test_probes_leave_training_bit_identical(runs):
     assert res_on.final_loss == res_off.final_loss
 
 
+def test_fit_writes_its_result_beside_last_ckpt(runs):
+    """What the sweep reads instead of parsing log text: the FitResult as JSON next to last.ckpt."""
+    from stuffed_mamba.training.fit import read_result
+
+    base, (res_on, _), _ = runs
+    written = read_result(Path(res_on.checkpoint).parent)
+    assert written == res_on and written.global_step == 4 and written.final_loss is not None
+
+
 def test_tensorboard_has_probe_scalars_images_and_layout(runs):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.custom_scalar import layout_pb2

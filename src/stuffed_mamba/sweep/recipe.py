@@ -29,20 +29,6 @@ from typing import Any, Optional
 from stuffed_mamba.probes.registry import settings_class
 
 
-@dataclass
-class Keys:
-    """Where the grid's values go in the base recipe (dotted paths)."""
-
-    train_length: str = "data.train_length"
-    segments: str = "data.segments"
-    batch_size: str = "data.batch_size"
-    max_steps: str = "trainer.max_steps"
-    optimizer_step: str = "optim.optimizer_step"  # "segment": one step per segment, "episode": per episode
-    run_dir: str = "run.dir"
-    source: str = "data.source"
-    model: str = "model"  # prefix of the model-size overrides
-
-
 # the sweep's `eval:` section: one entry per registered probe (its config, its defaults) plus
 # the evaluation corpus
 EvalConfig = settings_class(
@@ -71,7 +57,6 @@ class SweepRecipe:
     # data.batch_size = batch_tokens // (S*T) per cell (short lengths get more rows)
     batch_tokens: Optional[int] = None
     overrides: list[str] = field(default_factory=list)
-    keys: Keys = field(default_factory=Keys)
     eval: EvalConfig = field(default_factory=EvalConfig)
     fit_timeout_minutes: Optional[float] = None
     reshard: Optional[ReshardConfig] = None  # when set, every cell trains on the re-sharded copy
@@ -134,55 +119,37 @@ def resolved_config(base: Path, overrides: list[str] | tuple[str, ...] = ()):
     return _RESOLVED[key]
 
 
-def resolved_recipe(base: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """`resolved_config` as a plain dict."""
-    from stuffed_mamba.training.config import to_dict
-
-    return to_dict(resolved_config(base, overrides))
-
-
 _RESOLVED: dict[tuple, Any] = {}
 
 
-def base_value(base: Path, dotted: str, overrides: list[str] | tuple[str, ...] = ()) -> Any:
-    """One value of the resolved recipe (None when absent)."""
-    node: Any = resolved_recipe(base, overrides)
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def tokens_per_step(base: Path, keys: Keys, overrides: list[str] | tuple[str, ...]) -> int:
+def tokens_per_step(base: Path, overrides: list[str] | tuple[str, ...]) -> int:
     """Training tokens per optimiser step: B*T, or B*S*T when one step takes a whole episode."""
-    batch = int(base_value(base, keys.batch_size, overrides) or 1)
-    t = int(base_value(base, keys.train_length, overrides))
-    per_episode = base_value(base, keys.optimizer_step, overrides) == "episode"
-    return batch * t * (int(base_value(base, keys.segments, overrides) or 1) if per_episode else 1)
+    d = resolved_config(base, overrides).data
+    per_episode = resolved_config(base, overrides).optim.optimizer_step == "episode"
+    return d.batch_size * d.train_length * (d.segments if per_episode else 1)
 
 
 def expand(recipe: SweepRecipe, base: Path, out_dir: str | Path | None = None) -> list[Cell]:
     """The grid as cells, models-major; every cell's overrides are validated against the recipe schema."""
     out = Path(out_dir or recipe.out_dir)
-    k = recipe.keys
     cells: list[Cell] = []
     for model, fields in recipe.models.items():
         for t in recipe.train_lengths:
             name = f"{model}_T{t}"
-            pre = [f"{k.model}.{f}={v}" for f, v in fields.items()]
+            # the grid's values go in as `fit` overrides (key=value), read back through the typed recipe
+            pre = [f"model.{f}={v}" for f, v in fields.items()]
             if recipe.reshard is not None:
-                pre.append(f"{k.source}={recipe.reshard.out}")
-            pre.append(f"{k.train_length}={t}")
+                pre.append(f"data.source={recipe.reshard.out}")
+            pre.append(f"data.train_length={t}")
             if recipe.batch_tokens:
                 shared = pre + [o for o in recipe.overrides if "{" not in o]
-                segments = int(base_value(base, k.segments, shared) or 1)
-                pre.append(f"{k.batch_size}={max(1, recipe.batch_tokens // (segments * t))}")
+                segments = resolved_config(base, shared).data.segments
+                pre.append(f"data.batch_size={max(1, recipe.batch_tokens // (segments * t))}")
             max_steps = None
             if recipe.tokens_per_run:
                 shared = pre + [o for o in recipe.overrides if "{" not in o]
-                max_steps = max(1, math.ceil(recipe.tokens_per_run / tokens_per_step(base, k, shared)))
-                pre.append(f"{k.max_steps}={max_steps}")
+                max_steps = max(1, math.ceil(recipe.tokens_per_run / tokens_per_step(base, shared)))
+                pre.append(f"trainer.max_steps={max_steps}")
             run_dir = out / "runs" / name
             fmt = {"train_length": t, "max_steps": max_steps, "model": model, "cell": name, "run_dir": run_dir,
                    "warmup_steps": None if max_steps is None else max(1, math.ceil(0.1 * max_steps))}
@@ -190,8 +157,8 @@ def expand(recipe: SweepRecipe, base: Path, out_dir: str | Path | None = None) -
                 post = [o.format(**fmt) for o in recipe.overrides]
             except (KeyError, IndexError) as e:
                 raise ValueError(f"override placeholder {e} unknown (known: {', '.join(fmt)})") from None
-            post.append(f"{k.run_dir}={run_dir}")
+            post.append(f"run.dir={run_dir}")
             overrides = tuple(pre + post)
-            resolved_recipe(base, overrides)  # refuse a bad cell now, not an hour into the sweep
+            resolved_config(base, overrides)  # refuse a bad cell now, not an hour into the sweep
             cells.append(Cell(len(cells), name, model, dict(fields), t, max_steps, overrides, run_dir))
     return cells

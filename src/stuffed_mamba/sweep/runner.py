@@ -1,4 +1,5 @@
-"""Run sweep cells: `fit` each (a subprocess, or in-process), evaluate its last checkpoint, append a row.
+"""Run sweep cells: `fit` each (a subprocess, or the training API in-process), evaluate its last checkpoint
+with the registered probes, append a row. What a fit did comes from its FitResult (fit_result.json).
 
 A cell is done when `{run_dir}/result.json` exists: rerunning a sweep skips done cells, so an
 interrupted sweep resumes where it stopped (and `fit` itself resumes a half-trained run when
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from stuffed_mamba.analysis.results import append_row
-from stuffed_mamba.sweep.recipe import Cell, SweepRecipe, base_value, resolved_recipe
+from stuffed_mamba.sweep.recipe import Cell, SweepRecipe, resolved_config
 
 
 def results_path(recipe: SweepRecipe, out_dir: str | Path | None = None) -> Path:
@@ -34,27 +35,17 @@ def _fit_args(cell: Cell) -> list[str]:
     return [*cell.overrides, "run.overwrite=true"]
 
 
-def run_fit(base: Path, cell: Cell, *, timeout_s: float | None, in_process: bool = False) -> tuple[int, float]:
-    """(return code, seconds); the output goes to {run_dir}/fit.log."""
+def run_fit(base: Path, cell: Cell, *, timeout_s: float | None, in_process: bool = False):
+    """(FitResult or None, why it failed, seconds). The output goes to {run_dir}/fit.log; the
+    result is `fit`'s own (in-process) or the fit_result.json it wrote beside last.ckpt."""
+    from stuffed_mamba.training.fit import read_result
+
     cell.run_dir.mkdir(parents=True, exist_ok=True)
     log = cell.run_dir / "fit.log"
     t0 = time.perf_counter()
     if in_process:
-        from contextlib import redirect_stderr, redirect_stdout
-
-        from stuffed_mamba.cli import main
-
-        with open(log, "a", encoding="utf-8") as f, redirect_stdout(f), redirect_stderr(f):
-            try:
-                rc = main(["fit", str(base), *_fit_args(cell)])
-            except SystemExit as e:  # argparse errors
-                rc = e.code if isinstance(e.code, int) else 1
-            except Exception:  # a crash is this cell's failure, as a subprocess's would be
-                import traceback
-
-                traceback.print_exc()
-                rc = 1
-        return rc, time.perf_counter() - t0
+        result, why = _fit_in_process(base, cell, log)
+        return result, why, time.perf_counter() - t0
     with open(log, "a", encoding="utf-8") as f:
         f.write("$ " + " ".join(fit_command(base, cell)) + "\n")
         f.flush()
@@ -64,18 +55,29 @@ def run_fit(base: Path, cell: Cell, *, timeout_s: float | None, in_process: bool
         except subprocess.TimeoutExpired:
             f.write(f"\n[sweep] fit timed out after {timeout_s:.0f} s\n")
             rc = -9
-    return rc, time.perf_counter() - t0
+    if rc != 0:
+        return None, f"rc={rc}; {_tail(log)}", time.perf_counter() - t0
+    result = read_result(cell.run_dir / "checkpoints")
+    return result, "" if result is not None else "no fit_result.json", time.perf_counter() - t0
 
 
-def _final_loss(log: Path) -> float | None:
-    """The last `last loss X` of fit's closing summary (None when the log has none)."""
-    import re
+def _fit_in_process(base: Path, cell: Cell, log: Path):
+    """The training API itself: load_recipe + fit, its output into the cell's fit.log."""
+    import traceback
+    from contextlib import redirect_stderr, redirect_stdout
 
-    try:
-        found = re.findall(r"last loss ([-+0-9.eE]+|nan|inf)", log.read_text(errors="replace"))
-    except OSError:
-        return None
-    return float(found[-1]) if found else None
+    from stuffed_mamba.training.config import ConfigError, load_recipe
+    from stuffed_mamba.training.fit import fit
+
+    with open(log, "a", encoding="utf-8") as f, redirect_stdout(f), redirect_stderr(f):
+        try:
+            return fit(load_recipe(base, _fit_args(cell)), recipe=str(base)), ""
+        except ConfigError as e:
+            print(f"error: {e}")
+            return None, str(e)
+        except Exception as e:  # a crash is this cell's failure, never the sweep's
+            traceback.print_exc()
+            return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
 def _tail(path: Path, n: int = 3) -> str:
@@ -109,31 +111,32 @@ def run_cell(
     if done.exists() and not force and not reevaluate:
         log(f"[sweep] {cell.name}: already done ({done})")
         return json.loads(done.read_text())
-    segments = int(base_value(base, recipe.keys.segments, cell.overrides) or 1)
-    batch = int(base_value(base, recipe.keys.batch_size, cell.overrides) or 1)
-    max_steps = base_value(base, recipe.keys.max_steps, cell.overrides)
+    cfg = resolved_config(base, cell.overrides)
+    B, S, max_steps = cfg.data.batch_size, cfg.data.segments, cfg.trainer.max_steps
     row: dict[str, Any] = {
         "cell": cell.name, "index": cell.index, "model": cell.model, "model_fields": cell.model_fields,
-        "train_length": cell.train_length, "segments": segments, "batch_size": batch, "max_steps": max_steps,
-        "tokens_trained": None if max_steps is None else int(max_steps) * batch * segments * cell.train_length,
-        "state_size": _state_size(base, cell, recipe),
+        "train_length": cell.train_length, "segments": S, "batch_size": B, "max_steps": max_steps,
+        "tokens_trained": None if max_steps is None else int(max_steps) * B * S * cell.train_length,
+        "state_size": _state_size(base, cell),
     }
     ckpt = cell.run_dir / "checkpoints" / "last.ckpt"
     fit_done = cell.run_dir / "fit.done"
     if (force and not reevaluate) or not fit_done.exists():
         log(f"[sweep] {cell.name}: fit (N_S={row['state_size']:,}, T_train={cell.train_length}, steps={max_steps})")
         timeout = recipe.fit_timeout_minutes * 60 if recipe.fit_timeout_minutes else None
-        rc, secs = run_fit(base, cell, timeout_s=timeout, in_process=in_process)
+        result, why, secs = run_fit(base, cell, timeout_s=timeout, in_process=in_process)
         row["fit_seconds"] = round(secs, 1)
-        if rc != 0 or not ckpt.exists():
-            row["status"] = f"fit_failed: rc={rc}" + ("" if ckpt.exists() else ", no last.ckpt") + \
-                f"; {_tail(cell.run_dir / 'fit.log')}"
+        if result is None or result.checkpoint is None:
+            row["status"] = f"fit_failed: {why or 'no last.ckpt'}"[:400]
             log(f"[sweep] {cell.name}: {row['status']}")
             return _record(recipe, cell, row, out_dir, final=False)
         fit_done.write_text(f"{secs:.1f}\n")
     else:
         row["fit_seconds"] = float(fit_done.read_text().strip() or "nan")
-    row["final_train_loss"] = _final_loss(cell.run_dir / "fit.log")
+    from stuffed_mamba.training.fit import read_result
+
+    done_fit = read_result(cell.run_dir / "checkpoints")
+    row["final_train_loss"] = None if done_fit is None else done_fit.final_loss
     log(f"[sweep] {cell.name}: evaluate {ckpt}")
     t0 = time.perf_counter()
     try:
@@ -165,11 +168,13 @@ def _record(recipe, cell, row, out_dir, *, final: bool) -> dict[str, Any]:
     return row
 
 
-def _state_size(base: Path, cell: Cell, recipe: SweepRecipe) -> int:
+def _state_size(base: Path, cell: Cell) -> int:
     """N_S of the cell's model section as `fit` resolves it (base recipe + the cell's overrides)."""
+    import dataclasses
+
     from stuffed_mamba.analysis.state_size import resolve
 
-    section = dict(resolved_recipe(base, cell.overrides)[recipe.keys.model])
+    section = dataclasses.asdict(resolved_config(base, cell.overrides).model)
     return resolve(section, base_dir=base.parent).state_size
 
 

@@ -11,12 +11,17 @@ from typing import Callable, Sequence
 from stuffed_mamba.training.config import ConfigError, RecipeConfig, mamba2_overrides, to_dict, to_yaml
 
 
+RESULT_FILE = "fit_result.json"
+
+
 @dataclass
 class FitResult:
+    """What `fit` did; also written to `{run.dir}/checkpoints/fit_result.json` (rank 0)."""
+
     global_step: int
     episodes: int
     tokens: int
-    final_loss: float | None
+    final_loss: float | None  # rank 0's mean loss over the segments of its last episode
     seconds: float
     checkpoint: str | None
     tensorboard_dir: str
@@ -231,12 +236,11 @@ def fit(
         dist.destroy_process_group()
 
     last = ckpt_dir / "last.ckpt"
-    metrics = getattr(module, "last_metrics", {}) or {}
-    return FitResult(
+    result = FitResult(
         global_step=trainer.global_step,
         episodes=module.episodes_done,
         tokens=module.tokens_seen,
-        final_loss=metrics.get("train/loss"),
+        final_loss=module.last_loss,
         seconds=seconds,
         checkpoint=str(last) if last.exists() else None,
         tensorboard_dir=str(run_dir / "tensorboard"),
@@ -244,6 +248,28 @@ def fit(
         requeued=bool(requeue and requeue.requeued),
         interrupted=interrupt.requeued,
     )
+    if trainer.is_global_zero:
+        write_result(result, ckpt_dir)
+    return result
+
+
+def write_result(result: FitResult, ckpt_dir: Path) -> Path:
+    """`{ckpt_dir}/fit_result.json` beside last.ckpt: what the run did, for sweeps and scripts."""
+    import dataclasses
+    import json
+
+    path = Path(ckpt_dir) / RESULT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dataclasses.asdict(result), indent=1) + "\n")
+    return path
+
+
+def read_result(ckpt_dir: Path) -> FitResult | None:
+    """The FitResult a finished `fit` wrote into `ckpt_dir` (None when there is none)."""
+    import json
+
+    path = Path(ckpt_dir) / RESULT_FILE
+    return FitResult(**json.loads(path.read_text())) if path.is_file() else None
 
 
 def _first_line(e: Exception) -> str:

@@ -44,6 +44,7 @@ class TBPTTModule(L.LightningModule):
         self.nonfinite_streak = 0
         self.nonfinite_first_step: int | None = None
         self._grad_norms: list[float] = []
+        self.last_loss: float | None = None  # this rank's mean loss of its last episode, every episode
 
     # ------------------------------------------------------------------ the loop
 
@@ -82,6 +83,8 @@ class TBPTTModule(L.LightningModule):
 
         self.episodes_done += 1
         self.tokens_seen += B * S * T * self.trainer.world_size
+        finite = losses[torch.isfinite(losses)]
+        self.last_loss = float(finite.mean()) if finite.numel() else None
         if self.episodes_done % self.log_every_n_steps == 0:
             self._log_episode(losses, state, B * S * T, time.perf_counter() - t0)
 
