@@ -2,8 +2,6 @@
 
 import json
 
-import numpy as np
-import pytest
 import torch
 
 from stuffed_mamba.analysis.results import append_row, read_results, write_csv

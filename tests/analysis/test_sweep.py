@@ -1,7 +1,6 @@
 """The sweep runner: a grid expands into cells, two tiny cells run end to end, the analyzer reads the table."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest

@@ -13,7 +13,6 @@ needed to initialise DDP, plus a margin), while they are training. A requeued jo
 ~120 s (BeginTime): the test releases it with `StartTime=now`.
 """
 
-import re
 import time
 from pathlib import Path
 
@@ -87,8 +86,8 @@ def logged_episodes(run_dir: Path) -> list[int]:
 def wait_until_running(cluster, job_id: int, out: Path, restarts: int) -> tuple[float, float]:
     """time.time() when the job (its `restarts`-th run) was seen RUNNING, and when both ranks had
     initialised DDP (by then each has installed its USR1 handler, which comes first in `fit`)."""
-    job = cluster.wait(job_id, until=lambda j: j["JobState"] == "RUNNING" and j["Restarts"] == str(restarts),
-                       timeout=120, poll=0.1)
+    cluster.wait(job_id, until=lambda j: j["JobState"] == "RUNNING" and j["Restarts"] == str(restarts),
+                 timeout=120, poll=0.1)
     t_start = time.time()
     n = 2 * (restarts + 1)
     wait_for(lambda: out.exists() and out.read_text().count("Initializing distributed: GLOBAL_RANK") >= n,
