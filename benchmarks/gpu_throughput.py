@@ -142,7 +142,8 @@ def main(argv=None) -> int:
     p.add_argument("--backends", default="mamba_ssm,torch")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--precision", choices=["bf16-mixed", "bf16-true"], default="bf16-mixed",
-                   help="bf16-mixed: fp32 weights under autocast (Lightning); bf16-true: bf16 weights (DeepSpeed)")
+                   help="bf16-mixed: fp32 weights under autocast (what training runs, DeepSpeed included); "
+                        "bf16-true: bf16 weights (for comparison only: training refuses it)")
     p.add_argument("--no-checkpointing", action="store_true", help="keep every layer's activations")
     p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's peak dense bf16 TFLOP/s")
     p.add_argument("--device", default="cuda", help="cuda (the benchmark) or cpu (a smoke test of the loop)")

@@ -42,7 +42,8 @@ def test_recipe_deepspeed_config(recipe):
     cfg = load_recipe(recipe)
     trainer, module, config = formatted(cfg)
     assert config["zero_optimization"]["stage"] == cfg.trainer.deepspeed.stage
-    assert config["bf16"] == {"enabled": True}
+    # fp32 parameters, bf16 autocast (DeepSpeed's own bf16 would cast A_log, dt_bias, D): test_precision.py
+    assert config["bf16"] == {"enabled": False} and config["torch_autocast"]["enabled"] is True
     # clipping under manual optimisation happens only through DeepSpeed's own setting
     assert config["gradient_clipping"] == cfg.optim.grad_clip == 1.0
     assert config["gradient_accumulation_steps"] == 1
@@ -66,7 +67,7 @@ def test_zero_stage_and_clip_come_from_the_recipe(stage):
 def test_fp32_recipe_leaves_bf16_off():
     cfg = load_recipe("recipes/mamba2_370m_256k.yaml", ["trainer.precision=32-true"])
     _, _, config = formatted(cfg)
-    assert config["bf16"] == {"enabled": False}
+    assert config["bf16"] == {"enabled": False} and config["torch_autocast"]["enabled"] is False
 
 
 def test_training_under_deepspeed_needs_cuda(tmp_path):
@@ -91,7 +92,7 @@ def test_under_slurm_lightnings_auto_requeue_is_off(tmp_path, monkeypatch):
     assert isinstance(env, SLURMEnvironment) and env.auto_requeue is False
 
 
-@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
+@pytest.mark.parametrize("precision", ["bf16-mixed"])  # bf16-true is refused (test_precision.py)
 def test_bf16_trains_on_the_cpu(precision, tmp_path):
     """The recipes' bf16 (appendix F.1) through the same loop, on the CPU: finite losses, no skips."""
     import math

@@ -96,7 +96,9 @@ class Mamba2Mixer(nn.Module):
 
     def _output(self, y: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Skip term D x on the un-rescaled x, gated RMSNorm with z, out_proj. y, x: [..., H, P]."""
-        y = y + x * self.D.to(x.dtype)[:, None]
+        # D in fp32, as mamba_ssm's kernels compute the skip: under bf16 autocast x is bf16, and
+        # casting D to it would round the parameter itself (D, A_log, dt_bias stay fp32).
+        y = (y.float() + x.float() * self.D.float()[:, None]).to(y.dtype)
         y = self.ops.gated_rmsnorm(y.reshape(*y.shape[:-2], self.config.d_inner), z, self.norm.weight,
                                    eps=self.norm.eps, group_size=self.norm.group_size)
         return self.out_proj(y)

@@ -23,6 +23,8 @@ r heads per group (h = g*r), p head dim (P), n state dim (N).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -49,6 +51,22 @@ def segsum_exp(a: torch.Tensor) -> torch.Tensor:
     return torch.exp(diff.masked_fill(~causal, float("-inf")))
 
 
+def _fp32_under_autocast(fn):
+    """The scan computes in fp32 whatever autocast says: under bf16 autocast (bf16-mixed) its einsums
+    and matmuls would run in bf16 and round the state at every block."""
+
+    @functools.wraps(fn)
+    def wrapper(x, *args, **kwargs):
+        device = x.device.type
+        if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
+            return fn(x, *args, **kwargs)
+        with torch.autocast(device, enabled=False):
+            return fn(x, *args, **kwargs)
+
+    return wrapper
+
+
+@_fp32_under_autocast
 def ssd(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -169,6 +187,7 @@ def _pass_states(
     return entering.reshape(b, K * S, g, r, p, n)[:, :c], final
 
 
+@_fp32_under_autocast
 def ssd_step(
     x: torch.Tensor,
     dt: torch.Tensor,

@@ -27,7 +27,9 @@ from stuffed_mamba.training.schedule import DECAY_SHAPES
 STRATEGIES = ("auto", "ddp", "deepspeed")
 # fp16 needs a loss scaler, which interacts badly with skipping non-finite steps; the
 # paper trains in bf16 (appendix F.1) and CPUs run fp32.
-PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true")
+PRECISIONS = ("32-true", "32", "bf16-mixed")
+# Stores every parameter in bf16, A_log, dt_bias and D included: refused with its reason.
+ROUNDED_PRECISIONS = ("bf16-true", "16-true", "bf16", "16")
 
 
 class ConfigError(ValueError):
@@ -311,6 +313,9 @@ def validate(cfg: RecipeConfig) -> None:
 
     _check(t.max_steps is None or t.max_steps >= 1, "trainer.max_steps", f"must be >= 1 or null, got {t.max_steps}")
     _check(t.strategy in STRATEGIES, "trainer.strategy", f"must be one of {', '.join(STRATEGIES)}, got {t.strategy!r}")
+    _check(str(t.precision) not in ROUNDED_PRECISIONS, "trainer.precision",
+           f"{t.precision} stores A_log, dt_bias and D in half precision, which rounds the decay exp(Delta A); "
+           "use bf16-mixed (fp32 parameters, bf16 matmuls)")
     _check(str(t.precision) in PRECISIONS, "trainer.precision", f"must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
     _check(isinstance(t.devices, int) and t.devices >= 1 or t.devices == "auto", "trainer.devices", f"must be a count >= 1 or 'auto', got {t.devices!r}")
     _check(t.num_nodes >= 1, "trainer.num_nodes", f"must be >= 1, got {t.num_nodes}")

@@ -3,8 +3,17 @@
 Under DeepSpeed with manual optimisation Lightning sets `gradient_clipping` to 0.0
 and its precision plugin's `clip_gradients` is a no-op, so the recipe's
 `optim.grad_clip` goes into the DeepSpeed config itself: DeepSpeed clips inside
-its `step()`. DeepSpeed's bf16 keeps the parameters themselves in bf16 (with fp32
-master weights in the ZeRO optimizer).
+its `step()`.
+
+Precision policy (docs/training.md, "Precision"): the parameters stay fp32 under every
+strategy and `bf16-mixed` is torch autocast, so the big matmuls (in_proj, out_proj, the
+LM head) run in bf16 while `A_log`, `dt_bias`, `D` and the SSM state stay fp32:
+they set the decay exp(Delta A) that every probe measures, and bf16's 1/32 steps at
+dt_bias ~ -5 move Delta by up to 1.6%. Under DDP that is Lightning's own bf16-mixed.
+Under DeepSpeed it is not: Lightning maps bf16-mixed to DeepSpeed's `bf16`, which casts
+every parameter to bf16. So the config here turns DeepSpeed's `bf16` off (Lightning then
+leaves it alone) and its `torch_autocast` on: fp32 parameters, gradients and ZeRO states,
+the engine's forward (our whole training step) under autocast.
 """
 
 from __future__ import annotations
@@ -35,7 +44,11 @@ def deepspeed_config(cfg: RecipeConfig) -> dict[str, Any]:
         "zero_allow_untested_optimizer": True,
         "gradient_clipping": float(cfg.optim.grad_clip),
         "train_micro_batch_size_per_gpu": int(cfg.data.batch_size),
-        "bf16": {"enabled": precision.startswith("bf16")},
+        # Set explicitly so that Lightning does not enable DeepSpeed's bf16 (parameters in bf16).
+        "bf16": {"enabled": False},
+        # No module's gradients reduced in bf16: fp32 as under DDP, and one fp32 bucket rather than
+        # an fp32 and a bf16 one of reduce_bucket_size elements each (both hold fp32 gradients).
+        "torch_autocast": {"enabled": precision == "bf16-mixed", "dtype": "bfloat16", "lower_precision_safe_modules": []},
         "wall_clock_breakdown": False,
     }
 
