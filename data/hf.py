@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import time
 
 from .config import HF_PREFIX
 from .reader import check_text
@@ -144,6 +145,11 @@ class HFReader:
         self.names = shard_names(self.ds)
         self.index = {name: i for i, name in enumerate(self.names)}
         self.last_error = None
+        files = cfg.hf_data_files
+        files = [files] if isinstance(files, str) else list(files or [])
+        # network reads are retried (re-open the shard, skip the rows delivered), like RPv2 shards
+        self.remote = "/" in cfg.source[len(HF_PREFIX) :] or any(_is_remote(f) for f in files)
+        self.retries, self.backoff_s = cfg.retries, cfg.retry_backoff_s
 
     def __str__(self):
         return self.source
@@ -156,25 +162,35 @@ class HFReader:
         return "lower data.min_doc_tokens or check data.source"
 
     def open(self, name: str, start: int, counters: dict):
-        sub = self.ds.shard(num_shards=len(self.names), index=self.index[name])
-        return self._rows(sub, name, start, counters)
+        return self._rows(name, start, counters)
 
-    def _rows(self, sub, name: str, start: int, counters: dict):
-        row, delivered = 0, False
-        try:
-            # .iter, not iter(sub): in a DataLoader worker the latter would split the shard
-            # again over the workers
-            for batch in sub.iter(batch_size=_ROWS):
-                col = batch.get(self.field)
-                n = len(col) if col is not None else len(next(iter(batch.values()), ()))
-                delivered = True
-                for j in range(max(0, start - row), n):
-                    yield (row + j, f"{name}/{row + j}", *check_text(col[j] if col is not None else None,
-                                                                       self.max_doc_bytes))
-                row += n
-        except Exception as e:  # whatever datasets raised while reading this shard's files
-            self.last_error = f"{name}: {_first_line(e)}"
-            log.warning("data: %s: %s", self.source, self.last_error)
-            counters["shards_truncated" if delivered else "shards_failed"] += 1
+    def _rows(self, name: str, start: int, counters: dict):
+        delivered, attempt = False, 0
+        while True:
+            sub = self.ds.shard(num_shards=len(self.names), index=self.index[name])
+            row = 0
+            try:
+                # .iter, not iter(sub): in a DataLoader worker the latter would split the shard
+                # again over the workers
+                for batch in sub.iter(batch_size=_ROWS):
+                    col = batch.get(self.field)
+                    n = len(col) if col is not None else len(next(iter(batch.values()), ()))
+                    delivered = True
+                    for j in range(max(0, start - row), n):
+                        start = row + j + 1
+                        yield (row + j, f"{name}/{row + j}", *check_text(col[j] if col is not None else None,
+                                                                           self.max_doc_bytes))
+                    row += n
+            except Exception as e:  # whatever datasets raised while reading this shard's files
+                # a broken connection: re-open and skip what was delivered (data errors are final)
+                if self.remote and not isinstance(e, ValueError) and attempt < self.retries:
+                    counters["retries"] += 1
+                    time.sleep(self.backoff_s * 2**attempt)
+                    attempt += 1
+                    continue
+                self.last_error = f"{name}: {_first_line(e)}"
+                log.warning("data: %s: %s", self.source, self.last_error)
+                counters["shards_truncated" if delivered else "shards_failed"] += 1
+                return
+            counters["shards_read"] += 1
             return
-        counters["shards_read"] += 1

@@ -261,3 +261,36 @@ def test_pg19_recipe_changes_only_the_data_source_of_its_base():
     assert all(a["data"][k] == b["data"][k] for k in same)
     # row streams of the base's 8 GPUs fit the 23 train files of the hub dataset
     assert pg19.trainer.devices * pg19.trainer.num_nodes * pg19.data.num_workers * pg19.data.batch_size <= 23
+
+
+class _Flaky:
+    """A one-shard dataset whose first read breaks off after one batch with `error`."""
+
+    def __init__(self, sub, error, calls):
+        self.sub, self.error, self.calls = sub, error, calls
+
+    def iter(self, batch_size):
+        self.calls.append(batch_size)
+        for i, batch in enumerate(self.sub.iter(batch_size=batch_size)):
+            if len(self.calls) == 1 and i == 1:
+                raise self.error
+            yield batch
+
+
+@pytest.mark.parametrize("error, retried", [(ConnectionError("reset by peer"), True), (ValueError("bad file"), False)])
+def test_a_broken_connection_reopens_the_shard_and_skips_delivered_rows(parquet, monkeypatch, error, retried):
+    from stuffed_mamba.data import hf
+    from stuffed_mamba.data.counters import new_counters
+
+    monkeypatch.setattr(hf, "_ROWS", 2)
+    reader = hf.HFReader(DataConfig(source="hf://parquet", hf_data_files=parquet.glob, retry_backoff_s=0.0))
+    clean = [r[:3] for r in reader.open("part-00000.parquet", 0, new_counters())]
+    reader.remote = True  # as for a hub dataset or URLs
+    real, calls = reader.ds.shard, []
+    monkeypatch.setattr(reader.ds, "shard", lambda **kw: _Flaky(real(**kw), error, calls))
+    c = new_counters()
+    got = [r[:3] for r in reader.open("part-00000.parquet", 0, c)]
+    if retried:  # every row exactly once, in order
+        assert got == clean and len(calls) == 2 and (c["retries"], c["shards_read"]) == (1, 1)
+    else:  # a data error is final: the rows before it, the shard counted as truncated
+        assert got == clean[:2] and len(calls) == 1 and (c["retries"], c["shards_truncated"]) == (0, 1)
