@@ -111,3 +111,32 @@ def test_causal_conv1d_fn_path_layout(mamba_kernels, monkeypatch):
     y, hT = mamba_kernels.causal_conv1d(wide[..., 3:9], w, bias, initial_state=h0)
     y_ref, hT_ref = causal_conv1d_ref(x, w, bias, h0)
     assert rel_err(y, y_ref) < 1e-5 and rel_err(hT, hT_ref) < 1e-6
+
+
+def test_causal_conv1d_fn_path_keeps_its_state_without_copying_the_input(mamba_kernels, monkeypatch):
+    """Defect 7 of issue 11: the final state (the last k-1 inputs) is sliced from x before anything
+    is joined, so no [b, c, T + k - 1] copy is made per layer and call. Equal to the torch backend's
+    conv, output and state, for T below, at and above k - 1 (k = 4)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from stuffed_mamba.ops import torch_backend
+
+    class Cats(TorchDispatchMode):
+        widths: list = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func is torch.ops.aten.cat.default:
+                self.widths.append(out.shape[-1])
+            return out
+
+    y_pre = {}
+    monkeypatch.setattr(mamba_kernels, "causal_conv1d_fn", lambda x, *a, **kw: y_pre["y"])
+    for T in (1, 3, 4, 50):
+        x, w, bias, h0 = _conv_inputs(T=T)
+        y_ref, h_ref = torch_backend.causal_conv1d(x, w, bias, initial_state=h0)
+        y_pre["y"] = y_ref.transpose(1, 2)  # the kernel's output [b, c, T]; only the state is under test
+        with Cats() as cats:
+            y, hT = mamba_kernels.causal_conv1d(x, w, bias, initial_state=h0)
+        assert torch.equal(y, y_ref) and torch.equal(hT, h_ref), T
+        assert cats.widths and max(cats.widths) <= 2 * (w.shape[1] - 1), (T, cats.widths)

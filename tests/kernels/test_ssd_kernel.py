@@ -120,3 +120,20 @@ def test_first_autotune_configs_too(mamba_kernels):
     assert len(changed) >= 5, configs  # the forward and backward kernels really ran other tiles
     for a, b in zip(results["first"], results["smallest"]):
         assert rel_err(a, b) < 1e-5
+
+
+def test_bf16_inputs_give_an_fp32_final_state_unrounded(mamba_kernels):
+    """mamba-ssm 2.3.2.post1 passes the state between chunks in fp32 and stores the final state in
+    fp32 even for bf16 inputs (the backend's docstring): h_T is fp32 and off bf16's grid (it was not
+    rounded at the end), and within bf16's rounding of its inputs of the fp64 scan."""
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+    inp = {k: v.bfloat16() for k, v in _inputs(b=1, T=40).items()}
+    inp["A"], inp["D"], inp["initial_state"] = inp["A"].float(), inp["D"].float(), inp["initial_state"].float()
+    _, hT = mamba_chunk_scan_combined(inp["x"], inp["dt"], inp["A"], inp["B"], inp["C"], 16, D=inp["D"],
+                                      initial_states=inp["initial_state"], return_final_states=True)
+    assert hT.dtype == torch.float32
+    on_bf16_grid = (hT == hT.bfloat16().float()).float().mean().item()
+    assert on_bf16_grid < 0.1, on_bf16_grid
+    _, hT_ref = ssd_naive(**{k: v.double() for k, v in inp.items()})
+    assert rel_err(hT, hT_ref) < 2**-7  # the chunk states' bf16 operands, not a final rounding

@@ -68,9 +68,13 @@ def ssd(
         D: [h] or None
         initial_state: [b, h, p, n] or None (zeros)
     Returns:
-        y: [b, T, h, p] in x's dtype; final_state: [b, h, p, n] in fp32. mamba-ssm 2.3.2 returns
-        the final state in C's dtype (no `state_dtype` argument), so under bf16 it has been
-        rounded to bf16 once at the end of the call; the states between chunks stay fp32.
+        y: [b, T, h, p] in x's dtype; final_state: [b, h, p, n] in fp32. In mamba-ssm 2.3.2.post1
+        the state passing between chunks runs in fp32 and stores the final state in fp32
+        (`_state_passing_fwd`) whatever the inputs' dtype, so a state carried across calls is
+        not rounded to bf16; the per-chunk states kept for the output scan (the C_t h_{chunk start}
+        term of y) are stored in C's dtype, bf16 under bf16. Under bf16 each chunk's contribution
+        is still formed from bf16 operands (`_chunk_state_fwd` rounds exp(...)*Delta*B to x's dtype
+        before its fp32-accumulated dot), so h_T carries errors of bf16's order from its inputs.
     """
     y, final_state = mamba_chunk_scan_combined(
         x,
@@ -124,9 +128,9 @@ def causal_conv1d(
         xt = x.contiguous().transpose(1, 2)
     h0 = initial_state.transpose(1, 2).contiguous().transpose(1, 2)  # [b, c, k-1], channel-last
     y = causal_conv1d_fn(xt, weight, bias, initial_states=h0, activation="silu")  # [b, c, T]
-    # The final state is the last k-1 inputs: a slice, exact by definition, and it also covers
-    # T < k-1, where the inputs before this call are part of it.
-    final_state = torch.cat([initial_state, xt], dim=-1)[:, :, -(k - 1) :].contiguous()
+    # The final state is the last k-1 inputs: exact by definition. Slice x before joining, so the
+    # copy is k-1 columns, not the whole input; the initial state still counts when T < k-1.
+    final_state = torch.cat([initial_state, xt[:, :, -(k - 1) :]], dim=-1)[:, :, -(k - 1) :].contiguous()
     return y.transpose(1, 2), final_state
 
 
