@@ -7,6 +7,9 @@
   `state_dict` with the prefix `model.` and its architecture under `mamba2_config`; the
   recipe that made it sits in `{run.dir}/recipe.yaml` (the checkpoint lives in
   `{run.dir}/checkpoints/`), and gives the tokenizer, T_train and the evaluation data.
+- A DeepSpeed checkpoint folder (`last.ckpt/` or `step-*.ckpt/` of a `trainer.strategy: deepspeed`
+  run, any ZeRO stage) holds the same dict spread over its shards; it is read with its fp32
+  master weights (`stuffed_mamba.training.zero_checkpoint`) and then treated like the file.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ PREFIX = "model."
 class LoadedCheckpoint:
     model: "torch.nn.Module"
     path: str
-    kind: str  # "lightning" | "folder"
+    kind: str  # "lightning" | "deepspeed" | "folder"
     recipe: Optional[dict] = None  # the run's recipe, when found
     step: Optional[int] = None  # optimiser step of a Lightning checkpoint
 
@@ -62,17 +65,15 @@ def load_checkpoint(path, *, backend: str = "torch", device="cpu") -> LoadedChec
     from stuffed_mamba.model.pretrained import resolve_folder
 
     p = resolve_folder(path)  # a local path, or a hub name through the HuggingFace cache
-    if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise ValueError(
-                f"{path} is a folder without config.json: expected an official/transformers checkpoint folder "
-                f"(a DeepSpeed checkpoint folder must first be converted with Lightning's "
-                f"convert_zero_checkpoint_to_fp32_state_dict)"
-            )
+    if p.is_dir() and (p / "config.json").is_file():
         model = Mamba2LM.from_pretrained(p, backend=backend)
         return LoadedCheckpoint(model.to(device).eval(), str(p), "folder", _find_recipe(p))
+    if p.is_dir():
+        from stuffed_mamba.training.zero_checkpoint import read_deepspeed_checkpoint
 
-    ckpt = _torch_load(p)
+        ckpt, kind = read_deepspeed_checkpoint(p), "deepspeed"  # ValueError (one line) if not one
+    else:
+        ckpt, kind = _torch_load(p), "lightning"
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
     cfg_dict = ckpt.get("mamba2_config")
@@ -91,7 +92,7 @@ def load_checkpoint(path, *, backend: str = "torch", device="cpu") -> LoadedChec
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path}: state_dict does not match the model: missing {missing}, unexpected {unexpected}")
-    return LoadedCheckpoint(model.to(device).eval(), str(p), "lightning", _find_recipe(p), ckpt.get("global_step"))
+    return LoadedCheckpoint(model.to(device).eval(), str(p), kind, _find_recipe(p), ckpt.get("global_step"))
 
 
 def load_model(path, *, backend: str = "torch", device="cpu"):

@@ -1,7 +1,7 @@
 """A trained model leaves as a folder others load without us.
 
 Input: a Lightning checkpoint of `stuffed-mamba fit` (`last.ckpt`, a file), a DeepSpeed
-checkpoint (a folder of ZeRO shards, consolidated to fp32 here), or a checkpoint folder
+checkpoint (a folder of ZeRO shards: its fp32 master weights), or a checkpoint folder
 (`config.json` + weights). Output:
 
 - "mamba_ssm": `config.json` (mamba_ssm's `MambaConfig` fields) + `model.safetensors`
@@ -37,12 +37,17 @@ def _load(checkpoint: str | Path, backend: str = "torch"):
     path = resolve_folder(checkpoint)
     if path.is_dir() and (path / "config.json").is_file():
         return Mamba2LM.from_pretrained(path, backend=backend), None, path
-    try:
-        ckpt = _read_lightning_checkpoint(path)
-    except Exception as e:  # noqa: BLE001 - a truncated or foreign file raises many kinds
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"cannot read checkpoint {str(path)!r} ({first}): truncated, or not written by "
-                         f"stuffed-mamba fit; export another one (e.g. a kept step-*.ckpt)") from None
+    if path.is_dir():  # DeepSpeed: its fp32 master weights; a broken folder is a one-line ValueError
+        from stuffed_mamba.training.zero_checkpoint import read_deepspeed_checkpoint
+
+        ckpt = read_deepspeed_checkpoint(path)
+    else:
+        try:
+            ckpt = _read_lightning_checkpoint(path)
+        except Exception as e:  # noqa: BLE001 - a truncated or foreign file raises many kinds
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ValueError(f"cannot read checkpoint {str(path)!r} ({first}): truncated, or not written by "
+                             f"stuffed-mamba fit; export another one (e.g. a kept step-*.ckpt)") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
     if "mamba2_config" not in ckpt:
@@ -57,7 +62,8 @@ def _load(checkpoint: str | Path, backend: str = "torch"):
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
         raise ValueError(f"{path}: weights do not match its mamba2_config: {str(e).strip().splitlines()[-1].strip()}") from None
-    # bf16-true and DeepSpeed-bf16 runs keep bf16 weights: export them as they are.
+    # bf16-true runs keep bf16 weights (no fp32 master): export them as they are. DeepSpeed folders
+    # give their fp32 master weights.
     dtypes = {v.dtype for v in sd.values()}
     if len(dtypes) == 1:
         model.to(next(iter(dtypes)))
@@ -73,14 +79,6 @@ def _load(checkpoint: str | Path, backend: str = "torch"):
 
 
 def _read_lightning_checkpoint(path: Path) -> dict:
-    if path.is_dir():  # DeepSpeed: ZeRO shards -> one fp32 state dict plus Lightning's client state
-        import tempfile
-
-        from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
-
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "consolidated.pt"
-            return convert_zero_checkpoint_to_fp32_state_dict(str(path), str(out))
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
