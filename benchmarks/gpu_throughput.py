@@ -21,7 +21,7 @@ without the recomputation that activation checkpointing adds (PaLM's convention)
 The GPU's peak comes from a small table by device name or from --peak-tflops.
 
 The "torch" column is the reference of the same run; the last column is mamba_ssm/torch.
-Needs CUDA and `pip install -e ".[cuda]"`: it has not been run on this project's CPU-only CI
+Needs CUDA and `bash scripts/install.sh cuda`: it has not been run on this project's CPU-only CI
 machine; it is written to be correct by construction (its FLOP count is checked in
 tests/kernels/test_benchmarks.py, and `--device cpu` runs the same loop on a tiny model).
 """

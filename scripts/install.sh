@@ -3,9 +3,34 @@
 #   bash scripts/install.sh        the package (enough to train, evaluate and use the data pipeline)
 #   bash scripts/install.sh dev    plus the test references (transformers), mamba-ssm's Triton kernels
 #                                  for the CPU interpreter, and Debian's Slurm + munge for the Slurm tests
+#   bash scripts/install.sh cuda   on a CUDA machine (a GPU node, or a login node with the same CUDA
+#                                  toolkit): torch's CUDA build, the package, then causal-conv1d and
+#                                  mamba-ssm built against that torch (what `model.backend: mamba_ssm` needs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+
+if [ "${1:-}" = "cuda" ]; then
+  # Order matters: mamba-ssm and causal-conv1d compile CUDA code against the installed torch, so
+  # torch comes first and they are built with --no-build-isolation (an isolated build has no
+  # torch: what `pip install mamba-ssm` alone, or an extra of this package, runs into).
+  # torch 2.13.0 from PyPI is its CUDA build on Linux x86_64; for another CUDA version point pip at
+  # that build's index (PIP_INDEX_URL) before running this.
+  $PY -m pip install -q "torch==2.13.0"
+  $PY -c "import torch; assert torch.version.cuda, 'this torch is a CPU build: install a CUDA build of torch 2.13.0 first'"
+  $PY -m pip install -q -e .
+  $PY -m pip install -q packaging ninja wheel "setuptools>=61"
+  if ! command -v nvcc >/dev/null; then
+    echo "install.sh cuda: no nvcc on PATH; unless a prebuilt wheel matches this torch/CUDA/Python, the" \
+         "builds below need the CUDA toolkit of torch's CUDA $($PY -c 'import torch; print(torch.version.cuda)')" \
+         "(e.g. module load cuda)" >&2
+  fi
+  # causal-conv1d before mamba-ssm (mamba-ssm's optional conv); MAX_JOBS bounds nvcc's memory.
+  MAX_JOBS=${MAX_JOBS:-4} $PY -m pip install -q --no-build-isolation "causal-conv1d==1.7.0"
+  MAX_JOBS=${MAX_JOBS:-4} $PY -m pip install -q --no-build-isolation "mamba-ssm==2.3.2.post1"
+  $PY -c "from stuffed_mamba.ops import get_backend; get_backend('mamba_ssm'); print('mamba_ssm backend: kernels import')"
+  exit 0
+fi
 
 # CPU torch first: anything that asks for a bare "torch" later then finds it satisfied
 # instead of pulling a multi-GB CUDA build.

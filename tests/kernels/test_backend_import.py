@@ -28,5 +28,5 @@ def test_missing_kernels_is_a_one_line_error_naming_the_install():
         return
     errors = [line for line in out if line.startswith("ERROR:")]
     assert len(errors) == 1, proc.stdout
-    assert 'pip install -e ".[cuda]"' in errors[0]
+    assert "bash scripts/install.sh cuda" in errors[0]
     print(errors[0])
