@@ -22,7 +22,7 @@ import torch
 
 from stuffed_mamba.cli import main
 from stuffed_mamba.probes.checkpoint import load_checkpoint
-from stuffed_mamba.training.zero_checkpoint import read_deepspeed_checkpoint
+from stuffed_mamba.probes.deepspeed_checkpoint import read_deepspeed_checkpoint
 
 pytestmark = pytest.mark.slow  # each fixture launches 2 DeepSpeed ranks (30-180 s on the shared CPU)
 

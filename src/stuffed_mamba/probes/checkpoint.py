@@ -9,7 +9,7 @@
   `{run.dir}/checkpoints/`), and gives the tokenizer, T_train and the evaluation data.
 - A DeepSpeed checkpoint folder (`last.ckpt/` or `step-*.ckpt/` of a `trainer.strategy: deepspeed`
   run, any ZeRO stage) holds the same dict spread over its shards; it is read with its fp32
-  master weights (`stuffed_mamba.training.zero_checkpoint`) and then treated like the file.
+  master weights (`stuffed_mamba.probes.deepspeed_checkpoint`) and then treated like the file.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def load_checkpoint(path, *, backend: str = "torch", device="cpu") -> LoadedChec
         model = Mamba2LM.from_pretrained(p, backend=backend)
         return LoadedCheckpoint(model.to(device).eval(), str(p), "folder", _find_recipe(p))
     if p.is_dir():
-        from stuffed_mamba.training.zero_checkpoint import read_deepspeed_checkpoint
+        from stuffed_mamba.probes.deepspeed_checkpoint import read_deepspeed_checkpoint
 
         ckpt, kind = read_deepspeed_checkpoint(p), "deepspeed"  # ValueError (one line) if not one
     else:

@@ -38,7 +38,7 @@ def _load(checkpoint: str | Path, backend: str = "torch"):
     if path.is_dir() and (path / "config.json").is_file():
         return Mamba2LM.from_pretrained(path, backend=backend), None, path
     if path.is_dir():  # DeepSpeed: its fp32 master weights; a broken folder is a one-line ValueError
-        from stuffed_mamba.training.zero_checkpoint import read_deepspeed_checkpoint
+        from stuffed_mamba.probes.deepspeed_checkpoint import read_deepspeed_checkpoint
 
         ckpt = read_deepspeed_checkpoint(path)
     else:
