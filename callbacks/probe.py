@@ -1,7 +1,8 @@
 """One callback class for every registered probe: run it, log its scalars and figures, keep its summary.
 
-The probe's inputs (prompt ids, evaluation text) are built at its first run, on rank 0, and
-kept; a failure to build them is remembered so that the corpus is not rescanned at every run.
+The probe's inputs (prompt ids, evaluation text) are built once, on rank 0: by `fit` before
+training (`prepare_inputs`), else at the first run; a failure to build them is remembered so
+that the corpus is not rescanned at every run.
 """
 
 from __future__ import annotations
@@ -29,15 +30,20 @@ class RegistryProbeCallback(ProbeCallback):
         self.probe.check(self.cfg, self.ctx)
         self._inputs, self._load_error = None, None
 
-    def run_probe(self, model, deadline):
-        if self._inputs is None:
-            if self._load_error is not None:  # do not rescan the corpus at every probe
-                raise RuntimeError(self._load_error)
+    def prepare_inputs(self) -> Optional[str]:
+        """Build the inputs now, once; returns the error that prevented it, if any. Reading the
+        evaluation text can take minutes (HTTP): `fit` calls this on rank 0 before training, when
+        no other rank is waiting for it in a collective."""
+        if self._inputs is None and self._load_error is None:
             try:
                 self._inputs = self.probe.inputs(self.cfg, self.ctx)
             except Exception as e:
                 self._load_error = f"cannot build the {self.name} inputs (prompt or evaluation text): {type(e).__name__}: {e}"
-                raise RuntimeError(self._load_error) from None
+        return self._load_error
+
+    def run_probe(self, model, deadline):
+        if self.prepare_inputs() is not None:  # do not rescan the corpus at every probe
+            raise RuntimeError(self._load_error)
         return self.probe.run(model, self._inputs, self.cfg, deadline)
 
     def log_result(self, writer, result, step):

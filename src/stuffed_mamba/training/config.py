@@ -118,6 +118,11 @@ class TrainerSection:
     precision: str = "32-true"
     log_every_n_steps: int = 1  # episodes between TensorBoard points
     enable_progress_bar: bool = True
+    # How long a rank waits for the others in a collective (barrier, gradient all-reduce) and at
+    # start-up, under ddp and deepspeed (torch's default: 30 minutes). The other ranks wait in a
+    # barrier while rank 0 probes, so it must outlast the longest probe (its time_budget_s plus
+    # the sample under way at 256K) and a checkpoint save.
+    collective_timeout_s: float = 3600.0
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
 
 
@@ -319,6 +324,14 @@ def validate(cfg: RecipeConfig) -> None:
     _check(str(t.precision) in PRECISIONS, "trainer.precision", f"must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
     _check(isinstance(t.devices, int) and t.devices >= 1 or t.devices == "auto", "trainer.devices", f"must be a count >= 1 or 'auto', got {t.devices!r}")
     _check(t.num_nodes >= 1, "trainer.num_nodes", f"must be >= 1, got {t.num_nodes}")
+    _check(t.collective_timeout_s > 0, "trainer.collective_timeout_s", f"must be > 0, got {t.collective_timeout_s}")
+    if cfg.probes.enabled:
+        for f in dataclasses.fields(cfg.probes):
+            probe = getattr(cfg.probes, f.name)
+            if getattr(probe, "enabled", False) and hasattr(probe, "time_budget_s"):
+                _check(t.collective_timeout_s > probe.time_budget_s, "trainer.collective_timeout_s",
+                       f"must exceed probes.{f.name}.time_budget_s={probe.time_budget_s:g} (the other ranks wait "
+                       f"in a barrier while rank 0 probes), got {t.collective_timeout_s:g}")
     _check(t.log_every_n_steps >= 1, "trainer.log_every_n_steps", f"must be >= 1, got {t.log_every_n_steps}")
     _check(t.deepspeed.stage in (1, 2, 3), "trainer.deepspeed.stage", f"must be 1, 2 or 3, got {t.deepspeed.stage}")
     _check(not t.deepspeed.offload_parameters or t.deepspeed.stage == 3, "trainer.deepspeed.offload_parameters",

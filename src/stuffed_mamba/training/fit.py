@@ -223,6 +223,10 @@ def fit(
     for line in startup_report(cfg, model, world_size=world_size, resume_from=resume_from, recipe=recipe,
                                changes=changes):
         say(line)
+    if trainer.is_global_zero:
+        # The probes' inputs (evaluation text, possibly over HTTP) now, before any other rank
+        # exists or waits: built at the first probe, they kept the others in a barrier meanwhile.
+        _prepare_probes(callbacks, say)
 
     # 4. train (resume restores weights, optimiser, step, data position per rank, RNG)
     t0 = time.perf_counter()
@@ -270,6 +274,18 @@ def read_result(ckpt_dir: Path) -> FitResult | None:
 
     path = Path(ckpt_dir) / RESULT_FILE
     return FitResult(**json.loads(path.read_text())) if path.is_file() else None
+
+
+def _prepare_probes(callbacks, say) -> None:
+    probes = [cb for cb in callbacks if hasattr(cb, "prepare_inputs")]
+    if not probes:
+        return
+    t0 = time.perf_counter()
+    errors = {cb.name: cb.prepare_inputs() for cb in probes}
+    ready = [name for name, error in errors.items() if error is None]
+    say(f"probes       inputs of {', '.join(ready) or 'none'} ready in {time.perf_counter() - t0:.1f} s")
+    for error in filter(None, errors.values()):
+        say(f"WARNING: {error} (the probe fails at every run)")
 
 
 def _first_line(e: Exception) -> str:

@@ -18,6 +18,7 @@ the engine's forward (our whole training step) under autocast.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from stuffed_mamba.training.config import RecipeConfig
@@ -58,15 +59,16 @@ def build_strategy(cfg: RecipeConfig):
     name = cfg.trainer.strategy
     if name == "auto":
         return "auto"
+    timeout = timedelta(seconds=cfg.trainer.collective_timeout_s)
     if name == "ddp":
         from lightning.pytorch.strategies import DDPStrategy
 
         # Every parameter gets a gradient in every segment; no search for unused ones.
-        return DDPStrategy(find_unused_parameters=False)
+        return DDPStrategy(find_unused_parameters=False, timeout=timeout)
     if name == "deepspeed":
         from lightning.pytorch.strategies import DeepSpeedStrategy
 
-        return DeepSpeedStrategy(config=deepspeed_config(cfg))
+        return DeepSpeedStrategy(config=deepspeed_config(cfg), timeout=timeout)
     raise ValueError(f"unknown strategy {name!r}")
 
 
