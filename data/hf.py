@@ -78,7 +78,10 @@ def load_streaming(cfg):
         if cfg.hf_reshard:
             ds = ds.reshard()
     except Exception as e:  # datasets raises many types (hub, network, format, unknown split)
-        raise ValueError(f"data.source {cfg.source}: {_first_line(e)}") from None
+        hint = ""
+        if "/" in name and "reach" in str(e):
+            hint = f"; without network, mirror it where there is: stuffed-mamba data prepare {cfg.source} DIR"
+        raise ValueError(f"data.source {cfg.source}: {_first_line(e)}{hint}") from None
     return ds
 
 
