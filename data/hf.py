@@ -85,19 +85,21 @@ def load_streaming(cfg):
     return ds
 
 
-def _shard_label(sub) -> str | None:
-    """The file (and row group) behind a one-shard dataset, from its generator arguments."""
-    it = sub._ex_iterable
+def _shard_labels(ds) -> list[str] | None:
+    """The file (and row group) behind every shard, from the generator arguments that
+    `datasets` splits into shards (one list entry per shard); None when they do not say."""
+    it = ds._ex_iterable
     while it is not None and not hasattr(it, "kwargs"):
         it = getattr(it, "ex_iterable", None)
     kwargs = getattr(it, "kwargs", None) or {}
     files = kwargs.get("base_files", kwargs.get("files"))
-    if not (isinstance(files, list) and len(files) == 1 and isinstance(files[0], str)):
+    n = ds.num_shards
+    if not (isinstance(files, list) and len(files) == n and all(isinstance(f, str) for f in files)):
         return None
     groups = kwargs.get("row_groups_list")
-    if isinstance(groups, list) and len(groups) == 1 and groups[0] is not None:
-        return f"{files[0]}:rg{'+'.join(str(g) for g in groups[0])}"
-    return files[0]
+    if not (isinstance(groups, list) and len(groups) == n):
+        return list(files)
+    return [f if g is None else f"{f}:rg{'+'.join(map(str, g))}" for f, g in zip(files, groups)]
 
 
 def _strip_common_dir(names: list[str]) -> list[str]:
@@ -111,10 +113,9 @@ def _strip_common_dir(names: list[str]) -> list[str]:
 def shard_names(ds) -> list[str]:
     """A stable name per shard: its file path below the files' common folder (plus ':rgK' for a
     parquet row group), or shard-00000... when the files cannot be told apart."""
-    n = ds.num_shards
-    labels = [_shard_label(ds.shard(num_shards=n, index=i)) for i in range(n)]
-    if None in labels or len(set(labels)) != n:
-        return [f"shard-{i:05d}" for i in range(n)]
+    labels = _shard_labels(ds)
+    if labels is None or len(set(labels)) != len(labels):
+        return [f"shard-{i:05d}" for i in range(ds.num_shards)]
     return _strip_common_dir(labels)
 
 

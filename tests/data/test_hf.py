@@ -159,6 +159,15 @@ def test_fewer_shards_than_row_streams_is_one_line_and_reshard_helps(parquet):
     ds = build_dataloader(DataConfig(**cfg, hf_reshard=True)).dataset
     # row groups of 2 rows: 4 + 2 + 1 shards, named by file and row group
     assert len(ds.tags) == 7 and "part-00000.parquet:rg3" in ds.tags and "sub/part-00002.parquet:rg0" in ds.tags
+    # each name reads its own row group: in name order, the rows of the files in file order
+    from stuffed_mamba.data.counters import new_counters
+
+    rows = {name: [r[2] for r in ds.reader.open(name, 0, new_counters())] for name in ds.tags}
+    assert len(rows["part-00000.parquet:rg3"]) == 1 and len(rows["sub/part-00002.parquet:rg0"]) == 2
+    whole = build_dataloader(DataConfig(**{**cfg, "batch_size": 1})).dataset
+    assert [t for name in ds.tags for t in rows[name]] == [
+        r[2] for name in whole.tags for r in whole.reader.open(name, 0, new_counters())
+    ]
 
 
 def _cfg(glob, **kw):
