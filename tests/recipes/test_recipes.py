@@ -17,6 +17,7 @@ from stuffed_mamba.training.module import TBPTTModule
 from stuffed_mamba.training.report import startup_report
 
 RECIPES = sorted(str(p) for p in Path("recipes").glob("*.yaml"))
+SWEEPS = sorted(str(p) for p in Path("recipes/sweeps").glob("*.yaml"))
 CONTINUED = {"130m": 768, "370m": 1024, "780m": 1536}  # official d_model
 
 
@@ -30,6 +31,17 @@ def test_the_recipes_exist():
 def test_every_recipe_loads_and_validates(recipe):
     cfg = load_recipe(recipe)
     assert cfg.run.dir and cfg.data.segments >= 1
+
+
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_every_sweep_recipe_loads_and_every_cell_validates(sweep):
+    """A sweep recipe is data too: its grid expands and each cell's `fit` overrides pass the recipe schema."""
+    from stuffed_mamba.sweep import expand, load_sweep
+
+    recipe, base = load_sweep(sweep)
+    cells = expand(recipe, base)
+    assert len(cells) == len(recipe.models) * len(recipe.train_lengths)
+    assert recipe.eval.position_loss.enabled and recipe.eval.source
 
 
 @pytest.mark.parametrize("size", sorted(CONTINUED))

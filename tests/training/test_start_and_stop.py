@@ -150,6 +150,13 @@ def test_a_resumed_run_logs_each_step_once(tmp_path):
     assert losses == {step for tag, step in event_steps(straight) if tag == "train/loss"} == {3, 6, 9, 12}
 
 
+def test_log_every_n_steps_counts_optimiser_steps(tmp_path):
+    """Like every other *_every_n_steps: 3 segment steps per episode, a point each time the episode's
+    steps cross a multiple of 4 (steps 6, 9, 12: crossing 4, 8, 12), not every 4th episode."""
+    train(tmp_path, "trainer.max_steps=12", "trainer.log_every_n_steps=4")
+    assert {step for tag, step in event_steps(tmp_path) if tag == "train/loss"} == {6, 9, 12}
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_at_an_episode_boundary_and_the_rerun_is_bit_identical(tmp_path):
     """SIGINT to `stuffed-mamba fit`: a checkpoint at the next episode boundary, the command that

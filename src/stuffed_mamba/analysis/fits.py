@@ -96,10 +96,6 @@ class LinearLaw(_Law):
     def _jac(self, x, a, b):
         return np.stack([x, np.ones_like(x)], axis=-1)
 
-    def inverse(self, y) -> np.ndarray:
-        """N_S (x_unit) at which the law reaches T = y (y_unit)."""
-        return (np.asarray(y, dtype=float) - self.b) / self.a
-
     def formula(self, digits: int = 3) -> str:
         return f"T = {self.a:.{digits}f}*N_S {'-' if self.b < 0 else '+'} {abs(self.b):.{digits}f}"
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from stuffed_mamba.analysis.fits import (
     PAPER_T_FORGET, PAPER_T_RECALL, PAPER_UNITS, ExponentialLaw, LinearLaw,
@@ -224,7 +223,3 @@ def format_markdown(rep: ScalingReport) -> str:
         out.append(f"| {t.state_size:,} | {runs} | {tf} | {t.t_recall if t.t_recall is not None else 'none'} |")
     return "\n".join(out)
 
-
-def paper_predictions(n_s_floats) -> tuple[np.ndarray, np.ndarray]:
-    """(T_forget, T_recall) in tokens by the paper's laws."""
-    return PAPER_T_FORGET.tokens(n_s_floats), PAPER_T_RECALL.tokens(n_s_floats)

@@ -29,12 +29,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in _COMMANDS.items():
-        try:
-            mod = importlib.import_module(f"stuffed_mamba.cli.{module}")
-        except ModuleNotFoundError as e:
-            if e.name == f"stuffed_mamba.cli.{module}":
-                continue  # command not built yet
-            raise
+        mod = importlib.import_module(f"stuffed_mamba.cli.{module}")
         if name == "eval":
             mod.add_parser(sub, argv)
         else:

@@ -19,6 +19,9 @@ from stuffed_mamba.ops import causal_conv1d_step, get_backend, ssd_step
 
 
 class GatedRMSNorm(nn.Module):
+    """Holds the gated norm's weight under mamba_ssm's state-dict key (`mixer.norm.weight`) and its
+    settings; it has no forward: the mixer applies the op backend's gated RMSNorm with them."""
+
     def __init__(self, d: int, eps: float, group_size: int):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(d))
@@ -31,6 +34,8 @@ class Mamba2Mixer(nn.Module):
         c = self.config = config
         self.ops = get_backend(backend)
         self.in_proj = nn.Linear(c.d_model, c.d_in_proj, bias=False)
+        # an nn.Conv1d only for its weight and bias under mamba_ssm's keys (`mixer.conv1d.*`) and its
+        # init; it is never called: the op backend's causal conv1d with explicit state runs instead
         self.conv1d = nn.Conv1d(c.conv_dim, c.conv_dim, c.d_conv, groups=c.conv_dim, padding=c.d_conv - 1, bias=True)
         self.dt_bias = nn.Parameter(torch.empty(c.nheads))
         self.A_log = nn.Parameter(torch.empty(c.nheads))

@@ -61,9 +61,6 @@ class ModelState:
         """Cut the graph (truncated BPTT): the values carry on, the gradient stops here."""
         return self.map(torch.Tensor.detach)
 
-    def zeros_like(self) -> "ModelState":
-        return self.map(torch.zeros_like)
-
     def to(self, device=None, dtype: torch.dtype | None = None) -> "ModelState":
         """Move to `device`; `dtype` applies to the conv states only: SSM states stay fp32 (they accumulate)."""
         return ModelState(
@@ -84,8 +81,4 @@ class ModelState:
     @property
     def batch_size(self) -> int:
         return self.layers[0].ssm.shape[0]
-
-    def norms(self) -> torch.Tensor:
-        """Frobenius norm of each layer's SSM state, averaged over the batch: [n_layer] (for logging)."""
-        return torch.stack([layer.ssm.flatten(1).norm(dim=1).mean() for layer in self.layers])
 

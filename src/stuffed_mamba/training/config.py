@@ -116,7 +116,7 @@ class TrainerSection:
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp | deepspeed
     precision: str = "32-true"
-    log_every_n_steps: int = 1  # episodes between TensorBoard points
+    log_every_n_steps: int = 1  # optimiser steps between TensorBoard points (an episode's, when it crosses one)
     enable_progress_bar: bool = True
     # How long a rank waits for the others in a collective (barrier, gradient all-reduce) and at
     # start-up, under ddp and deepspeed (torch's default: 30 minutes). The other ranks wait in a
@@ -347,8 +347,7 @@ def validate(cfg: RecipeConfig) -> None:
         for key in ("d_model", "n_layer"):
             _check(getattr(m, key) is not None, f"model.{key}", "is required when model.init_from is null (training from scratch)")
     for key in ("segments", "train_length", "batch_size"):
-        if hasattr(d, key):
-            _check(getattr(d, key) >= 1, f"data.{key}", f"must be >= 1, got {getattr(d, key)}")
+        _check(getattr(d, key) >= 1, f"data.{key}", f"must be >= 1, got {getattr(d, key)}")
 
 
 def mamba2_overrides(model: Any) -> dict:

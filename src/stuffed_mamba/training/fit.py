@@ -64,7 +64,7 @@ def build_model(cfg: RecipeConfig, tokenizer):
     return model
 
 
-def build_trainer(cfg: RecipeConfig, callbacks: Sequence, *, log=print):
+def build_trainer(cfg: RecipeConfig, callbacks: Sequence):
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
     from lightning.pytorch.plugins.environments import SLURMEnvironment
@@ -205,7 +205,7 @@ def fit(
     callbacks += list(extra_callbacks)
 
     # 3. trainer, module, data
-    trainer = build_trainer(cfg, callbacks, log=log)
+    trainer = build_trainer(cfg, callbacks)
     module = TBPTTModule(model, cfg.optim, log_every_n_steps=cfg.trainer.log_every_n_steps)
     data = EpisodeDataModule(cfg.data, factory=loader_factory)
 

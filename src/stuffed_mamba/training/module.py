@@ -57,7 +57,7 @@ class TBPTTModule(L.LightningModule):
         B, S, T = inputs.shape
         opt = self.optimizers()
         step_per_segment = self.optim_cfg.optimizer_step == "segment"
-        t0 = time.perf_counter()
+        step_before, t0 = self.global_step, time.perf_counter()
 
         state = None  # zeros: the state resets at every episode boundary
         losses = torch.full((S,), float("nan"))
@@ -85,7 +85,8 @@ class TBPTTModule(L.LightningModule):
         self.tokens_seen += B * S * T * self.trainer.world_size
         finite = losses[torch.isfinite(losses)]
         self.last_loss = float(finite.mean()) if finite.numel() else None
-        if self.episodes_done % self.log_every_n_steps == 0:
+        # optimiser steps, like every other *_every_n_steps: log when this episode crossed a multiple
+        if self.global_step // self.log_every_n_steps > step_before // self.log_every_n_steps:
             self._log_episode(losses, state, B * S * T, time.perf_counter() - t0)
 
     def _optimizer_step(self, opt) -> None:
@@ -249,15 +250,13 @@ def _uncount_optimizer_step(trainer) -> None:
 
 
 def _train_loader(trainer):
-    dm = getattr(trainer, "datamodule", None)
-    loader = getattr(dm, "loader", None)
-    if loader is not None:
-        return loader
-    # a loader passed to fit() directly
-    combined = getattr(trainer.fit_loop, "_combined_loader", None)
-    if combined is not None and combined.flattened:
-        return combined.flattened[0]
-    return None
+    """The datamodule's loader, else the one passed to fit() (Lightning's public `train_dataloader`)."""
+    loader = getattr(getattr(trainer, "datamodule", None), "loader", None)
+    if loader is None:
+        loader = getattr(trainer, "train_dataloader", None)
+    if isinstance(loader, (list, tuple)):
+        loader = loader[0] if loader else None
+    return loader
 
 
 def _data_counters(trainer) -> dict[str, float]:
