@@ -37,7 +37,8 @@ def _is_remote(path: str) -> bool:
 
 
 def data_files(cfg) -> list[str] | None:
-    """hf_data_files as a list of globs; local ones made absolute, each checked to match a file."""
+    """hf_data_files of a file builder as a list of globs; local ones made absolute, each checked
+    to match a file."""
     files = cfg.hf_data_files
     if files is None:
         return None
@@ -56,7 +57,8 @@ def data_files(cfg) -> list[str] | None:
 def load_streaming(cfg):
     """The `datasets.IterableDataset` that `cfg` (a DataConfig with an hf:// source) names."""
     name = cfg.source[len(HF_PREFIX) :]
-    files = data_files(cfg)
+    # a hub dataset's data files are globs inside its repository (e.g. data/train-*.parquet)
+    files = data_files(cfg) if "/" not in name else cfg.hf_data_files
     kwargs = {}
     if "/" not in name:
         if name not in BUILDERS:
