@@ -103,6 +103,11 @@ def test_cli_inspect_text_field_and_split(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "'text'" in err and "body" in err
     assert main(args + ["--text-field", "body", "--split", "test"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    # hf:// flags on a RedPajama-V2 source, and a RedPajama-V2 listing on an hf:// source
+    assert main(["data", "inspect", "data/sample", "--text-field", "body"]) == 2
+    assert "--text-field: for hf:// sources only" in capsys.readouterr().err
+    assert main(["data", "prepare", "hf://json", str(tmp_path / "out"), "--data-files", "x", "--listing", "l"]) == 2
+    assert "--listing is for RedPajama-V2" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_undecodable_and_non_text_rows_are_counted(tmp_path):
