@@ -1,4 +1,4 @@
-"""The streaming RedPajama-V2 pipeline (DESIGN section 3).
+"""The streaming data pipeline (DESIGN section 3): RedPajama-V2, or any hf:// corpus.
 
 stream -> dedup -> length filter -> tokenize -> pack -> episodes [B, S, T+1].
 Data never imports the model.
