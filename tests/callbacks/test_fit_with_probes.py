@@ -109,6 +109,16 @@ def test_tensorboard_has_probe_scalars_images_and_layout(runs):
     assert category.title == "forgetting"
     for chart in category.chart:  # every chart of the dashboard shows something that was logged
         assert any(re.fullmatch(rx, t) for rx in chart.multiline.tag for t in scalars), chart.title
+    # once every probe has run, the layout is written again with one chart per series: TensorBoard
+    # draws one run's series in one colour, so a chart of several could not be read
+    split = layout_pb2.Layout()
+    split.ParseFromString(tensor_util.make_ndarray(acc.Tensors("custom_scalars__config__")[-1].tensor_proto).item())
+    charts = split.category[0].chart
+    assert len(charts) > len(category.chart)
+    for chart in charts:
+        hits = {t for rx in chart.multiline.tag for t in scalars if re.fullmatch(rx, t)}
+        assert len(hits) == 1, (chart.title, hits)
+    assert "passkey accuracy per length: T=300" in {c.title for c in charts}
     # the probes' JSON summaries sit beside the logs
     assert (base / "on" / "probes" / "passkey" / "step_00000004.json").is_file()
     assert not (base / "off" / "probes").exists()

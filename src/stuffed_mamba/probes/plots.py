@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import numpy as np
@@ -69,9 +70,11 @@ def retention_curves(alpha: torch.Tensor, train_length: Optional[int] = None, ma
     plt = _plt()
     L, H, T = alpha.shape
     layers = np.unique(np.linspace(0, L - 1, min(L, max_layers)).round().astype(int))
-    cols = min(len(layers), 6)
+    # a near-square grid: TensorBoard scales an image to its card's width, and a one-row strip of
+    # panels (1560 x 400) became an unreadable thumbnail
+    cols = math.ceil(math.sqrt(len(layers)))
     rows = (len(layers) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.0 * rows), squeeze=False, sharex=True, sharey=True)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.2 * rows), squeeze=False, sharex=True, sharey=True)
     idx = _thin(T)
     t = idx + 1
     for ax, l in zip(axes.flat, layers):
@@ -118,17 +121,23 @@ def state_curves(stats, train_length: Optional[int] = None, heads: int = 8):
     growth = stats.var[:, :, -1] / stats.var[:, :, 0].clamp_min(1e-30)
     layer = int(growth.max(dim=1).values.argmax())
     t = np.asarray(stats.t)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+    # 2 x 2 (the fourth panel holds the per-layer legend): readable when scaled to a card's width
+    fig, grid = plt.subplots(2, 2, figsize=(9, 6.4))
+    axes = grid.flat
     for name, ax, vals in (("mean", axes[0], stats.mean), ("variance", axes[1], stats.var)):
-        ax.plot(t, vals[layer, :heads].T.numpy(), lw=1)
+        lines = ax.plot(t, vals[layer, :heads].T.numpy(), lw=1)
         ax.set_title(f"layer {layer}: {name} of h_t, first {min(heads, H)} heads", fontsize=9)
-    axes[2].plot(t, stats.var.max(dim=1).values.T.numpy(), lw=0.8)
+    ax.legend(lines, [f"head {h}" for h in range(min(heads, H))], fontsize=7, ncol=2)
+    per_layer = axes[2].plot(t, stats.var.max(dim=1).values.T.numpy(), lw=0.8)
     axes[2].set_yscale("log")
     axes[2].set_title("max variance over heads, per layer", fontsize=9)
-    for ax in axes:
+    for ax in axes[:3]:
         if train_length is not None:
-            ax.axvline(train_length, color="red", ls=":")
+            ax.axvline(train_length, color="red", ls=":", label="T_train")
         ax.set_xlabel("t")
+    axes[3].axis("off")
+    axes[3].legend(per_layer, [f"layer {i}" for i in range(L)][:len(per_layer)], loc="center", fontsize=8,
+                   ncol=max(1, math.ceil(L / 12)), title="per layer (panel 3); red dotted: T_train", title_fontsize=8)
     fig.tight_layout()
     return fig
 
