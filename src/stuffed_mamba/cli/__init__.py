@@ -18,6 +18,7 @@ _COMMANDS = {
     "data": "data",
     "analyze": "analyze",
     "export": "export",
+    "doctor": "doctor",
 }
 
 
