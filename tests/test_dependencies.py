@@ -11,7 +11,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCT = ["src/stuffed_mamba", "data", "callbacks"]
-# modules of an optional extra: imported only where the code says how to install them
+# modules of an optional group: imported only where the code says how to install them. "cuda" is
+# what `scripts/install.sh cuda` builds against the installed torch with --no-build-isolation (no
+# pyproject extra can ask for that, so there is none).
 EXTRA_FILES = {"src/stuffed_mamba/ops/mamba_ssm_backend.py": "cuda"}
 # declared but reached through another package rather than imported: Lightning imports
 # deepspeed for trainer.strategy=deepspeed
@@ -26,6 +28,7 @@ def _norm(name: str) -> str:
 def _declared() -> dict[str, set[str]]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     groups = {"base": project["dependencies"], **project["optional-dependencies"]}
+    groups["cuda"] = re.findall(r'--no-build-isolation "([^"]+)"', (ROOT / "scripts" / "install.sh").read_text())
     return {g: {_norm(re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0]) for r in reqs} for g, reqs in groups.items()}
 
 
