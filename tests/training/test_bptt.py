@@ -97,16 +97,17 @@ def test_the_two_modes_differ():
 
 def test_backward_calls_and_last_flag():
     """S backwards, `last` only at the final one (DDP's all-reduce, DeepSpeed's boundary), in
-    both modes; the injected backward is what accumulates the gradient, and one that scales the
-    loss (loss scaling, accumulation averaging) scales the gradient by just that."""
+    both modes; the injected backward is what accumulates the gradient, and one that scales what
+    it back-propagates (loss scaling) scales the gradient by just that."""
     model = episode_model()
     inputs, labels = episode()
     for mode in ("full", "truncated"):
         calls = []
 
-        def backward(objective, *, last):
+        def backward(tensors, grad_tensors, *, last):
             calls.append(last)
-            (2 * objective).backward()
+            torch.autograd.backward(tensors, [torch.full_like(t, 2.0) if g is None else 2 * g
+                                              for t, g in zip(tensors, grad_tensors)])
 
         model.zero_grad(set_to_none=True)
         backward_episode(model, inputs, labels, mode=mode, backward=backward)
@@ -116,17 +117,43 @@ def test_backward_calls_and_last_flag():
         assert_grads_close({n: g / 2 for n, g in doubled.items()}, plain, 1e-6)  # not 2**S
 
 
-def test_a_non_finite_loss_skips_the_backward_and_is_reported():
+def test_scale_and_final_state():
+    """scale=1 back-propagates the sum of the segment losses; the state returned is the end of
+    the episode (the initial state of a next one), the same in both modes."""
     model = episode_model()
     inputs, labels = episode()
-    bad = lambda losses: False  # noqa: E731  (another rank saw a NaN)
+    _, mean = episode_grads(model, inputs, labels, "full")
+    states = {}
     for mode in ("full", "truncated"):
-        calls = []
         model.zero_grad(set_to_none=True)
-        losses = backward_episode(model, inputs, labels, mode=mode, all_finite=bad,
-                                  backward=lambda objective, *, last: calls.append(last))
-        assert calls == [] and losses.shape == (S,), mode
-        assert all(p.grad is None for p in model.parameters())
+        losses, states[mode] = backward_episode(model, inputs, labels, mode=mode, scale=1.0, return_state=True)
+    assert_grads_close({n: g / S for n, g in grads_of(model).items()}, episode_grads(model, inputs, labels, "truncated")[1], 1e-5)
+    with torch.no_grad():
+        want = model(inputs.flatten(1)).state
+    for mode, state in states.items():
+        for got, ref in zip(state.layers, want.layers):
+            assert not got.ssm.requires_grad and rel_err(got.ssm, ref.ssm) < 1e-5 and rel_err(got.conv, ref.conv) < 1e-6, mode
+    model.zero_grad(set_to_none=True)
+    backward_episode(model, inputs, labels, mode="full", scale=1.0)
+    assert_grads_close({n: g / S for n, g in grads_of(model).items()}, mean, 1e-5)
+
+
+def test_a_non_finite_loss_poisons_the_gradient_and_keeps_the_calls():
+    """Another rank saw a NaN: every rank still runs its backward calls (`last` once, at the
+    end) and its gradient is NaN, so the trainer's non-finite check skips the step everywhere."""
+    model = episode_model()
+    inputs, labels = episode()
+    for mode, want_calls in (("full", [True]), ("truncated", [False] * (S - 1) + [True])):
+        calls = []
+
+        def backward(tensors, grad_tensors, *, last):
+            calls.append(last)
+            torch.autograd.backward(tensors, grad_tensors)
+
+        model.zero_grad(set_to_none=True)
+        losses = backward_episode(model, inputs, labels, mode=mode, all_finite=lambda losses: False, backward=backward)
+        assert calls == want_calls and losses.shape == (S,) and torch.isfinite(losses).all(), mode
+        assert all(torch.isnan(p.grad).all() for p in model.parameters()), mode
 
 
 def test_full_memory_is_one_segment_graph():
@@ -139,9 +166,9 @@ def test_full_memory_is_one_segment_graph():
         live[0] += 1
         return _Counted(t, live)
 
-    def backward(objective, *, last):
+    def backward(tensors, grad_tensors, *, last):
         peaks.append(live[0])
-        objective.backward()
+        torch.autograd.backward(tensors, grad_tensors)
 
     with torch.autograd.graph.saved_tensors_hooks(pack, _Counted.unpack):
         for segments in (3, 7):

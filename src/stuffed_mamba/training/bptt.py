@@ -14,20 +14,18 @@ full       the exact dL/dtheta, as one backward over the S*T tokens would give: 
 
            each with h_{s-1} held fixed, i.e. one backward per segment, last segment first. So:
            S-1 forwards without graphs keeping h_1..h_{S-1}, then for s = S..1 recompute segment
-           s from h_{s-1} (a leaf that requires grad), backward l_s/S + <h_s, g_s>, and read
+           s from h_{s-1} (a leaf that requires grad), back-propagate l_s/S with g_s injected at
+           h_s (`torch.autograd.backward([l_s/S, *h_s], [None, *g_s])`), and read
            g_{s-1} = h_{s-1}.grad. Memory: one segment's graph plus S boundary states of N_S
            floats per row; cost: S-1 extra segment forwards.
 
-The scalar l_s/S + <h_s, g_s> (g_s a constant) has exactly the gradient of
-`torch.autograd.backward([l_s/S, h_s], [1, g_s])`, and it goes through any backward that takes
-one loss (Lightning's `manual_backward`, DeepSpeed's `engine.backward`), even one that scales the
-loss. The model knows nothing of Lightning: the trainer injects its backward and its cross-rank
-agreement on finiteness.
+The model knows nothing of Lightning: the trainer injects its backward (DDP's `no_sync`,
+DeepSpeed's accumulation boundary) and its cross-rank agreement on finiteness.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -35,15 +33,16 @@ from stuffed_mamba.model.state import ModelState
 
 MODES = ("truncated", "full")
 
-# backward(objective, last=...): accumulate d objective / d theta into .grad. `last` marks the
-# episode's final backward, where DDP all-reduces and DeepSpeed closes its accumulation window.
+# backward(tensors, grad_tensors, *, last): as torch.autograd.backward (a None grad for a scalar
+# means 1); `last` marks the episode's final backward, where DDP all-reduces and DeepSpeed closes
+# its accumulation window. It may scale everything it back-propagates by one factor (loss scaling).
 Backward = Callable[..., None]
 # all_finite(losses) -> whether every loss is finite on every rank (one decision for all ranks).
 AllFinite = Callable[[torch.Tensor], bool]
 
 
-def _plain_backward(objective: torch.Tensor, *, last: bool) -> None:
-    objective.backward()
+def _plain_backward(tensors: Sequence[torch.Tensor], grad_tensors: Sequence[torch.Tensor | None], *, last: bool) -> None:
+    torch.autograd.backward(list(tensors), list(grad_tensors))
 
 
 def _local_all_finite(losses: torch.Tensor) -> bool:
@@ -58,7 +57,9 @@ def backward_episode(
     mode: str = "full",
     backward: Backward | None = None,
     all_finite: AllFinite | None = None,
-) -> torch.Tensor:
+    scale: float | None = None,
+    return_state: bool = False,
+):
     """Accumulate into `.grad` the gradient of the episode's mean segment loss.
 
     Args:
@@ -66,44 +67,52 @@ def backward_episode(
             `.loss` (mean over labels != -100) and `.state` (a `Mamba2LM`)
         inputs, labels: [B, S, T] (labels aligned as in `model(ids, labels=...)`)
         mode: "truncated" (gradients stop at segment boundaries) or "full" (exact through them)
-        backward: `backward(objective, *, last)`; default `objective.backward()`
+        backward: `backward(tensors, grad_tensors, *, last)`; default `torch.autograd.backward`
         all_finite: `all_finite(losses) -> bool`, the ranks' common decision; default local
+        scale: each segment's loss is back-propagated times this; default 1/S (the mean). A
+            trainer that steps after every truncated segment passes 1 and steps in `backward`.
+        return_state: also return the state after the episode (detached; None after a
+            non-finite segment)
     Returns:
-        losses: [S] fp32, detached, each segment's loss. A segment whose loss is not finite
-        (on any rank) is not back-propagated and the next one starts from zeros (truncated);
-        under "full" one such segment leaves the whole episode without backward. Either way
-        the gradient is then incomplete, `last` may never have been passed, and the caller
-        must skip the optimiser step.
+        losses: [S] fp32, detached, each segment's loss (and the final state if asked).
+
+    A non-finite loss (on any rank: `all_finite`) is back-propagated times NaN, so that the
+    episode's gradient is NaN on every rank and the trainer's non-finite check skips the step,
+    while every rank still runs the same backward calls, `last` once at the end. Truncated: the
+    next segment starts from zeros. Full: that single poisoned backward is the whole episode's.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if inputs.ndim != 3 or labels.shape != inputs.shape:
         raise ValueError(f"inputs and labels must both be [B, S, T], got {tuple(inputs.shape)} and {tuple(labels.shape)}")
-    backward = backward or _plain_backward
-    all_finite = all_finite or _local_all_finite
     run = _truncated if mode == "truncated" else _full
-    return run(model, inputs, labels, backward, all_finite)
+    losses, state = run(
+        model, inputs, labels,
+        backward or _plain_backward,
+        all_finite or _local_all_finite,
+        1.0 / inputs.shape[1] if scale is None else scale,
+    )
+    return (losses, state) if return_state else losses
 
 
-def _truncated(model, inputs, labels, backward: Backward, all_finite: AllFinite) -> torch.Tensor:
+def _truncated(model, inputs, labels, backward: Backward, all_finite: AllFinite, scale: float):
     S = inputs.shape[1]
     losses = []
     state = None  # zeros: the state resets at every episode
     for s in range(S):
         out = model(inputs[:, s], state=state, labels=labels[:, s])
-        loss = out.loss.detach().float()
-        losses.append(loss)
-        if all_finite(loss):
-            backward(out.loss / S, last=s == S - 1)
-            state = out.state.detach()  # the gradient stops at the boundary; this graph is freed
-        else:
-            state = None  # a poisoned state is not carried: restart from zeros
-    return torch.stack(losses)
+        losses.append(out.loss.detach().float())
+        finite = all_finite(losses[-1])
+        backward([_poisoned(out.loss, finite) * scale], [None], last=s == S - 1)
+        # The gradient stops at the boundary and this graph is freed; a poisoned state is not
+        # carried: restart from zeros.
+        state = out.state.detach() if finite else None
+    return torch.stack(losses), state
 
 
-def _full(model, inputs, labels, backward: Backward, all_finite: AllFinite) -> torch.Tensor:
+def _full(model, inputs, labels, backward: Backward, all_finite: AllFinite, scale: float):
     S = inputs.shape[1]
-    # Forward: segments 1..S-1 without graphs, keeping their initial states h_0..h_{S-2} and h_{S-1}.
+    # Forward: segments 1..S-1 without graphs, keeping the initial states h_0..h_{S-1}.
     initial: list[ModelState | None] = [None]
     losses = []
     with torch.no_grad():
@@ -114,29 +123,36 @@ def _full(model, inputs, labels, backward: Backward, all_finite: AllFinite) -> t
             initial.append(out.state.map(torch.clone) if torch.isfinite(out.loss) else None)
 
     # Backward, last segment first; segment S's forward is the first recomputation.
-    g = None  # dL/dh_s for the segment being recomputed: nothing follows segment S
+    g = None  # dL/dh_s of the segment being recomputed: nothing follows segment S
     for s in reversed(range(S)):
         h = None if initial[s] is None else initial[s].map(lambda t: t.detach().requires_grad_())
         out = model(inputs[:, s], state=h, labels=labels[:, s])
         if s == S - 1:
-            losses.append(out.loss.detach().float())
-            losses = torch.stack(losses)
+            final_state = out.state.map(lambda t: t.detach().clone())
+            losses = torch.stack(losses + [out.loss.detach().float()])
             if not all_finite(losses):
-                return losses
-        objective = out.loss / S
+                backward([_poisoned(out.loss, False) * scale], [None], last=True)
+                return losses, None
+        tensors, grads = [out.loss * scale], [None]
         if g is not None:
-            objective = objective + sum((t * gt).sum() for t, gt in zip(_leaves(out.state), g))
+            tensors += _leaves(out.state)
+            grads += g
         if h is not None:
-            # Zero in value; its gradient is the factor c by which `backward` scales the objective
-            # (loss scaling, accumulation averaging), so that g_{s-1} = h.grad / c stays unscaled.
+            # Zero in value; its gradient is the factor c by which `backward` scales what it
+            # back-propagates (loss scaling), so that g_{s-1} = h.grad / c stays unscaled.
             probe = torch.ones((), device=out.loss.device, requires_grad=True)
-            objective = objective + (probe - probe.detach())
-        backward(objective, last=s == 0)
-        del out, objective  # free this segment's graph before the next recomputation
+            tensors.append(probe - probe.detach())
+            grads.append(None)
+        backward(tensors, grads, last=s == 0)
+        del out, tensors  # free this segment's graph before the next recomputation
         if h is not None:
             c = probe.grad
             g = [(t.grad if t.grad is not None else torch.zeros_like(t)) / c.to(t.dtype) for t in _leaves(h)]
-    return losses
+    return losses, final_state
+
+
+def _poisoned(loss: torch.Tensor, finite: bool) -> torch.Tensor:
+    return loss if finite else loss * float("nan")
 
 
 def _leaves(state: ModelState) -> list[torch.Tensor]:
