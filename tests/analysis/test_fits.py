@@ -90,6 +90,11 @@ def test_forget_threshold_warning():
     msg = forget_threshold_warning("370m", 8192)
     assert msg is not None and "62.3K" in msg and "8192" in msg
     assert forget_threshold_warning("370m", 65536) is None
+    # the gradient horizon counts: S x T under full BPTT, T under truncated
+    assert forget_threshold_warning("370m", 8192, segments=12, bptt="full") is None
+    msg = forget_threshold_warning("370m", 4096, segments=12, bptt="full")
+    assert "gradient horizon 49152 (full BPTT: 12 segments x train_length 4096)" in msg
+    assert "optim.bptt=full" in forget_threshold_warning("370m", 8192, segments=12)
     # a model config mapping (a recipe's model section) works; tiny states predict no threshold
     assert forget_threshold_warning({"d_model": 64, "n_layer": 2, "d_state": 16, "headdim": 16}, 64) is None
     from stuffed_mamba.model import Mamba2Config

@@ -158,3 +158,18 @@ def test_reshard_keeps_the_corpus_and_feeds_more_rows(tmp_path, capsys):
     path = write_sweep(tmp_path)
     recipe, base = load_sweep(path, [f"reshard.out={tmp_path / 'r24'}", "reshard.shards=24"])
     assert f"data.source={tmp_path / 'r24'}" in expand(recipe, base)[0].overrides
+
+
+@pytest.mark.parametrize("bptt", ["full", "truncated"])
+def test_bptt_experiment_sweeps(bptt):
+    """recipes/sweeps/bptt_{full,truncated}_cpu.yaml (docs/results.md, "Full BPTT"): the N64 cells at
+    T_train 64 and 128, 8 segments per episode, 4096 tokens per step and 245 steps like the miniature."""
+    from stuffed_mamba.sweep.recipe import resolved_config
+
+    recipe, base = load_sweep(ROOT / f"recipes/sweeps/bptt_{bptt}_cpu.yaml")
+    cells = expand(recipe, base)
+    assert [c.name for c in cells] == ["N64_T64", "N64_T128"]
+    for cell in cells:
+        cfg = resolved_config(base, cell.overrides)
+        assert cfg.optim.bptt == bptt and cfg.optim.optimizer_step == "episode" and cfg.data.segments == 8
+        assert cfg.data.batch_size * 8 * cell.train_length == 4096 and cell.max_steps == 245

@@ -3,12 +3,17 @@ is the detached-state loop, and the two differ (the gradient really flows throug
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from stuffed_mamba.model import Mamba2Config, Mamba2LM
 from stuffed_mamba.training.bptt import backward_episode
 from tests.helpers import rel_err
+from tests.training.common import tiny_model
 
 B, S, T = 2, 3, 21  # T is not a multiple of the chunk size (16)
 CONFIG = dict(d_model=32, n_layer=2, d_state=16, headdim=16, ngroups=2, chunk_size=16, vocab_size=50)
@@ -198,3 +203,26 @@ def test_bad_mode_and_shapes_are_errors():
         backward_episode(model, inputs, labels, mode="exact")
     with pytest.raises(ValueError, match=r"\[B, S, T\]"):
         backward_episode(model, inputs[:, 0], labels[:, 0])
+
+
+def _global_batch_fit(out, devices: int, bptt: str = "full"):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LOCAL_RANK", "WORLD_SIZE", "RANK"))}
+    env["OMP_NUM_THREADS"] = "1"
+    r = subprocess.run([sys.executable, "-m", "tests.training.global_batch_fit", str(out), "--devices", str(devices),
+                        "--bptt", bptt], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    return torch.load(out / "weights.pt")
+
+
+@pytest.mark.slow  # two DDP processes + one: ~1 min of CPU
+def test_full_under_ddp_equals_one_rank_with_one_allreduce_per_episode(tmp_path):
+    """Acceptance 3: 2 ranks x 2 rows = 1 rank x 4 rows, 3 episodes of full BPTT; the S backwards of
+    an episode all-reduce once (the first S-1 under `no_sync`), counted by a DDP comm hook."""
+    one = _global_batch_fit(tmp_path / "one", 1)
+    two = _global_batch_fit(tmp_path / "two", 2)
+    start = tiny_model().state_dict()
+    for n in one:
+        assert not torch.equal(one[n], start[n]) or n.endswith("D"), n  # trained
+        assert rel_err(two[n], one[n]) < 1e-5, n
+    counts = [(tmp_path / f"two/allreduce_rank{r}.txt").read_text().split() for r in range(2)]
+    assert counts[0] == counts[1] == ["1", "1", "1"]

@@ -23,6 +23,7 @@ TINY = "recipes/tiny_cpu.yaml"
         ("data.segments=0", "data.segments"),  # impossible, checked by DataConfig
         ("trainer.strategy=fsdp", "trainer.strategy"),
         ("trainer.precision=16-mixed", "trainer.precision"),
+        ("optim.bptt=exact", "optim.bptt"),
     ],
 )
 def test_errors_are_one_line_and_name_the_key(override, names):
@@ -34,6 +35,10 @@ def test_errors_are_one_line_and_name_the_key(override, names):
 
 
 def test_impossible_combinations():
+    with pytest.raises(ConfigError, match="optim.bptt: full .* needs optim.optimizer_step=episode"):
+        load_recipe(TINY, ["optim.bptt=full"])  # tiny_cpu steps per segment
+    assert load_recipe(TINY, ["optim.bptt=full", "optim.optimizer_step=episode"]).optim.bptt == "full"
+    assert load_recipe(TINY, []).optim.bptt == "truncated"
     with pytest.raises(ConfigError, match="trainer.deepspeed.offload_parameters"):
         load_recipe(TINY, ["trainer.deepspeed.offload_parameters=true"])
     with pytest.raises(ConfigError, match="model.n_layer"):

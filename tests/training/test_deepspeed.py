@@ -115,3 +115,18 @@ def test_episode_mode_sums_the_segments_gradients_like_ddp(stage, ddp_episode, t
         assert not (tmp_path / "probes").exists()
         folder = tmp_path / "checkpoints/last.ckpt/checkpoint"
         assert len(list(folder.glob("*optim_states.pt"))) == 2 and len(list(folder.glob("*model_states.pt"))) == 2
+
+
+@pytest.mark.slow
+def test_full_bptt_under_deepspeed_equals_ddp(ddp_episode, tmp_path):
+    """optim.bptt=full (issue 12): ZeRO-2, with the accumulation boundary at the last of the S
+    backwards only, gives DDP's per-segment losses over two episodes; DDP all-reduces once per
+    episode; and the second episode differs from truncated BPTT's (the gradient crossed segments)."""
+    full = [EPISODE, "optim.bptt=full", "trainer.max_steps=2"]
+    fit(tmp_path / "ddp", *DDP, *full)
+    assert allreduces_per_episode(tmp_path / "ddp") == [1, 1]
+    fit(tmp_path / "ds", *DS, *full, "trainer.deepspeed.stage=2")
+    assert_same_losses(tmp_path / "ds", tmp_path / "ddp")
+    full_losses, truncated = segment_losses(tmp_path / "ddp"), segment_losses(ddp_episode)
+    second = [key for key in full_losses if key[1] == 2]
+    assert second and max(abs(full_losses[k] - truncated[k]) for k in second) > 1e-5

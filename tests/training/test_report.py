@@ -1,6 +1,6 @@
 from stuffed_mamba.analysis import predicted_thresholds
 from stuffed_mamba.model import Mamba2Config
-from stuffed_mamba.training.report import _predicted
+from stuffed_mamba.training.report import _horizon, _predicted
 
 
 def test_predicted_thresholds_line_for_370m_and_for_a_tiny_state():
@@ -10,3 +10,8 @@ def test_predicted_thresholds_line_for_370m_and_for_a_tiny_state():
     tiny = predicted_thresholds(Mamba2Config(d_model=128, n_layer=8, vocab_size=1024, d_state=32, headdim=32))
     line = _predicted(tiny)
     assert "-" not in line.split("(")[0] and line.count("n/a (N_S below the fit's range)") == 2
+
+
+def test_gradient_horizon_line():
+    assert _horizon("truncated", 12, 65536).startswith("horizon 65,536 tokens (truncated BPTT")
+    assert _horizon("full", 12, 65536).startswith("horizon 786,432 tokens (full BPTT: exact through 12 segments x 65536")

@@ -143,6 +143,21 @@ def test_max_steps_inside_an_episode_finishes_the_episode(tmp_path):
     assert more.global_step == 12 and more.episodes == 4
 
 
+def test_full_bptt_resume_is_bit_exact(tmp_path):
+    """optim.bptt=full (one step per episode): 3 + 3 episodes across a resume == 6 straight."""
+    full = ("optim.optimizer_step=episode", "optim.bptt=full")
+    straight = run(tmp_path / "straight", "trainer.max_steps=6", *full)
+    run(tmp_path / "split", "trainer.max_steps=3", *full)
+    split = run(tmp_path / "split", "trainer.max_steps=6", "run.resume=auto", *full)
+    assert straight.global_step == split.global_step == 6 and split.episodes == 6
+    a = load_ckpt(tmp_path / "straight/checkpoints/last.ckpt")
+    b = load_ckpt(tmp_path / "split/checkpoints/last.ckpt")
+    assert_same_checkpoint(a, b)
+    assert scalars(tmp_path / "straight", "loss") == scalars(tmp_path / "split", "loss")
+    loss = scalars(tmp_path / "straight", "train/loss")["train/loss"]
+    assert loss[6] < loss[1]  # it trains
+
+
 @pytest.mark.slow
 def test_resume_with_the_real_pipeline_is_bit_exact(tmp_path):
     """The same with data/sample through the real StatefulDataLoader pipeline."""

@@ -23,21 +23,31 @@ def predicted_thresholds(model_cfg: Any) -> dict[str, float]:
     }
 
 
-def forget_threshold_warning(model_cfg: Any, train_length: int) -> str | None:
-    """A one-paragraph warning when `train_length` < the paper's predicted T_forget, else None.
+def forget_threshold_warning(model_cfg: Any, train_length: int, *, segments: int = 1, bptt: str = "truncated") -> str | None:
+    """A one-paragraph warning when the gradient horizon < the paper's predicted T_forget, else None.
 
-    Called by `stuffed-mamba fit` at start-up with the recipe's model section and
-    `data.train_length` (the segment length T_train of truncated BPTT).
+    Called by `stuffed-mamba fit` at start-up with the recipe's model section, `data.train_length`
+    (the segment length T_train), `data.segments` and `optim.bptt`. The gradient horizon, the
+    longest context a gradient spans, is T_train under truncated BPTT (the paper's setting) and
+    segments x T_train under full BPTT.
     """
     p = predicted_thresholds(model_cfg)
-    if train_length >= p["t_forget"]:
+    horizon = train_length * (segments if bptt == "full" else 1)
+    if horizon >= p["t_forget"]:
         return None
+    need = _round_up_pow2(p["t_forget"])
+    if bptt == "full":
+        what = f"the gradient horizon {horizon} (full BPTT: {segments} segments x train_length {train_length})"
+        fix = f"use data.segments x data.train_length >= {need}"
+    else:
+        what = f"train_length {train_length} (the gradient horizon of truncated BPTT)"
+        fix = (f"use train_length >= {need}, or optim.bptt=full with data.segments x data.train_length >= {need}")
     return (
-        f"train_length {train_length} is below the forgetting threshold predicted for this state size: "
+        f"{what} is below the forgetting threshold predicted for this state size: "
         f"N_S = {p['state_size'] / 1e6:.2f}M floats gives T_forget = 5.172*N_S - 4.469 "
         f"= {p['t_forget'] / 1e3:.1f}K tokens (paper, section 5.2). Trained this short, Mamba-2 "
-        f"tends not to learn to forget, and its loss can blow up beyond {train_length} tokens; "
-        f"use train_length >= {_round_up_pow2(p['t_forget'])} to learn robust forgetting."
+        f"tends not to learn to forget, and its loss can blow up beyond {horizon} tokens; "
+        f"{fix} to learn robust forgetting."
     )
 
 

@@ -82,6 +82,10 @@ class OptimConfig:
     # "segment": one optimiser step per segment (0.5M tokens per step in the paper);
     # "episode": gradients of all S segments summed into one step.
     optimizer_step: str = "segment"
+    # Back-propagation through the episode: "truncated" stops the gradient at segment boundaries
+    # (the paper's; horizon T_train), "full" is exact through the S segments (horizon S*T_train,
+    # at one segment's memory and one more forward per segment; needs optimizer_step: episode).
+    bptt: str = "truncated"
     total_steps: int = 50_000  # the schedule's length; trainer.max_steps may stop earlier
     warmup_steps: int = 1000
     decay_fraction: float = 0.1  # WSD decays over the last 10% of total_steps
@@ -309,6 +313,9 @@ def validate(cfg: RecipeConfig) -> None:
     _check(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
     _check(o.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 = off), got {o.grad_clip}")
     _check(o.optimizer_step in ("segment", "episode"), "optim.optimizer_step", f"must be 'segment' or 'episode', got {o.optimizer_step!r}")
+    _check(o.bptt in ("truncated", "full"), "optim.bptt", f"must be 'truncated' or 'full', got {o.bptt!r}")
+    _check(o.bptt != "full" or o.optimizer_step == "episode", "optim.bptt",
+           "full back-propagates through the whole episode, so it needs optim.optimizer_step=episode")
     _check(o.total_steps >= 1, "optim.total_steps", f"must be >= 1, got {o.total_steps}")
     _check(0 <= o.warmup_steps < o.total_steps, "optim.warmup_steps", f"must be in [0, optim.total_steps={o.total_steps}), got {o.warmup_steps}")
     _check(0.0 <= o.decay_fraction <= 1.0, "optim.decay_fraction", f"must be in [0, 1], got {o.decay_fraction}")

@@ -1,9 +1,10 @@
-"""The LightningModule: one `training_step` = one episode of S segments, truncated BPTT.
+"""The LightningModule: one `training_step` = one episode of S segments, truncated or full BPTT.
 
 Paper appendix F: each row of an episode is S = 12 consecutive segments of T_train
 tokens; the recurrent state (SSM and conv) at the end of a segment is the initial
 state of the next, detached, so gradients stop at segment boundaries; the state
-starts from zeros at every episode.
+starts from zeros at every episode. `optim.bptt: full` (with `optimizer_step: episode`)
+back-propagates exactly through the boundaries instead (training/bptt.py).
 
 The network is injected (`TBPTTModule(model, ...)`): the model knows nothing of
 Lightning, and probes find it as `pl_module.model`.
@@ -19,6 +20,7 @@ import lightning as L
 import torch
 
 from stuffed_mamba.training.backward import make_backward
+from stuffed_mamba.training.bptt import backward_episode
 from stuffed_mamba.training.config import OptimConfig
 from stuffed_mamba.training.optim import build_adamw
 from stuffed_mamba.training.schedule import wsd_lambda
@@ -59,27 +61,24 @@ class TBPTTModule(L.LightningModule):
         step_per_segment = self.optim_cfg.optimizer_step == "segment"
         step_before, t0 = self.global_step, time.perf_counter()
 
-        state = None  # zeros: the state resets at every episode boundary
-        losses = torch.full((S,), float("nan"))
-        backward = make_backward(self)  # episode mode: communicates once, after the last segment
-        for s in range(S):
-            out = self.model(inputs[:, s], state=state, labels=labels[:, s])  # chunked CE, no [B,T,V]
-            last = step_per_segment or s == S - 1  # last backward before the optimiser step
-            # All ranks decide together, so all of them poison their loss or none.
-            finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(out.loss)), all=True)
-            # A non-finite loss still runs its backward, poisoned so that its gradient is NaN: the
-            # step then skips under every strategy (clip norm under DDP, DeepSpeed's own overflow
-            # check), which also discards the segments accumulated before it in episode mode.
-            loss = out.loss if finite else out.loss * float("nan")
-            # In episode mode the S backward passes sum: /S makes it the episode's mean loss.
-            backward(loss if step_per_segment else loss / S, last=last)
-            if finite:
-                losses[s] = out.loss.detach().float().cpu()
-                state = out.state.detach()  # gradients stop at the segment boundary; its graph is freed
-            else:
-                state = None  # a poisoned state is not carried: restart from zeros
-            if last:
+        # DDP's all-reduce and DeepSpeed's accumulation boundary happen at `last` only.
+        backward = make_backward(self)
+        if step_per_segment:
+            episode_backward = backward
+
+            def backward(tensors, grad_tensors, *, last):  # the paper's: a step after every segment
+                episode_backward(tensors, grad_tensors, last=True)
                 self._optimizer_step(opt)
+
+        # A non-finite loss on any rank is back-propagated as NaN on every rank (the same calls
+        # everywhere), so the step skips under every strategy: clip norm, DeepSpeed's overflow check.
+        losses, state = backward_episode(
+            self.model, inputs, labels, mode=self.optim_cfg.bptt, backward=backward,
+            all_finite=self._finite_on_every_rank, scale=1.0 if step_per_segment else None, return_state=True,
+        )
+        losses = losses.cpu()
+        if not step_per_segment:
+            self._optimizer_step(opt)  # the gradient of the episode's mean loss
 
         self.episodes_done += 1
         self.tokens_seen += B * S * T * self.trainer.world_size
@@ -88,6 +87,10 @@ class TBPTTModule(L.LightningModule):
         # optimiser steps, like every other *_every_n_steps: log when this episode crossed a multiple
         if self.global_step // self.log_every_n_steps > step_before // self.log_every_n_steps:
             self._log_episode(losses, state, B * S * T, time.perf_counter() - t0)
+
+    def _finite_on_every_rank(self, losses: torch.Tensor) -> bool:
+        # All ranks decide together, so all of them poison their backward or none does.
+        return self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(losses).all()), all=True)
 
     def _optimizer_step(self, opt) -> None:
         """Schedule, clip, step, zero-grad: one optimiser step (global_step += 1)."""

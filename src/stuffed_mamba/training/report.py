@@ -32,6 +32,7 @@ def startup_report(cfg: RecipeConfig, model, *, world_size: int, resume_from: st
         f"state size   N_S = {n_s:,} floats ({n_s / 1e6:.3f}M: SSM {ssm:,} + conv {n_s - ssm:,})",
         f"episode      {B} rows x {S} segments x T_train={T} tokens per rank; {world_size} rank(s)",
         f"tokens/step  {per_step:,} (optimizer_step: {o.optimizer_step})",
+        "gradient     " + _horizon(o.bptt, S, T),
         f"schedule     AdamW lr {o.lr:g} wd {o.weight_decay:g} clip {o.grad_clip:g}; WSD warm-up {o.warmup_steps}, "
         f"total {o.total_steps}, {o.decay} decay over the last {o.decay_fraction:.0%}; this job stops at step {max_steps}",
         f"trainer      strategy {t.strategy}, precision {t.precision}, accelerator {t.accelerator}, "
@@ -46,10 +47,17 @@ def startup_report(cfg: RecipeConfig, model, *, world_size: int, resume_from: st
         from stuffed_mamba.training.strategy import deepspeed_config
 
         lines.append("deepspeed    " + json.dumps(deepspeed_config(cfg), sort_keys=True))
-    warning = forget_threshold_warning(c, T)
+    warning = forget_threshold_warning(c, T, segments=S, bptt=o.bptt)
     if warning:
         lines.append("WARNING: " + warning)
     return lines
+
+
+def _horizon(bptt: str, S: int, T: int) -> str:
+    if bptt == "full":
+        return (f"horizon {S * T:,} tokens (full BPTT: exact through {S} segments x {T}, at one segment's "
+                f"memory plus {S} boundary states, {S - 1} extra segment forwards)")
+    return f"horizon {T:,} tokens (truncated BPTT: stops at segment boundaries; the state carries {S} x {T})"
 
 
 def _human(n: float) -> str:
