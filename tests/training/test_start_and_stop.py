@@ -193,3 +193,15 @@ def test_ctrl_c_stops_at_an_episode_boundary_and_the_rerun_is_bit_identical(tmp_
     from tests.training.test_resume import assert_same_checkpoint
 
     assert_same_checkpoint(a, b)
+
+
+def test_the_progress_bar_counts_optimiser_steps_toward_max_steps(tmp_path, capfd):
+    """Lightning's bar counted episodes from 0 without a total; ours counts optimiser steps toward
+    trainer.max_steps (with tqdm's ETA) and continues from the resumed step."""
+    train(tmp_path, "trainer.max_steps=6", "trainer.enable_progress_bar=true")
+    err = capfd.readouterr().out
+    assert "optimiser steps" in err and "6/6 [" in err
+    train(tmp_path, "trainer.max_steps=12", "run.resume=auto", "trainer.enable_progress_bar=true")
+    err = capfd.readouterr().out
+    assert "6/12 [" in err and "12/12 [" in err
+    assert " 0/12 [" not in err and "3/12 [" not in err  # no restart from 0 after the resume
