@@ -73,11 +73,11 @@ def test_probes_leave_training_bit_identical(runs):
 
 
 def test_fit_writes_its_result_beside_last_ckpt(runs):
-    """What the sweep reads instead of parsing log text: the FitResult as JSON next to last.ckpt."""
+    """What the sweep reads instead of parsing log text: the FitResult as JSON in run.dir."""
     from stuffed_mamba.training.fit import read_result
 
     base, (res_on, _), _ = runs
-    written = read_result(Path(res_on.checkpoint).parent)
+    written = read_result(base / "on")
     assert written == res_on and written.global_step == 4 and written.final_loss is not None
 
 

@@ -37,7 +37,7 @@ def _fit_args(cell: Cell) -> list[str]:
 
 def run_fit(base: Path, cell: Cell, *, timeout_s: float | None, in_process: bool = False):
     """(FitResult or None, why it failed, seconds). The output goes to {run_dir}/fit.log; the
-    result is `fit`'s own (in-process) or the fit_result.json it wrote beside last.ckpt."""
+    result is `fit`'s own (in-process) or the fit_result.json it wrote into the run's folder."""
     from stuffed_mamba.training.fit import read_result
 
     cell.run_dir.mkdir(parents=True, exist_ok=True)
@@ -57,7 +57,7 @@ def run_fit(base: Path, cell: Cell, *, timeout_s: float | None, in_process: bool
             rc = -9
     if rc != 0:
         return None, f"rc={rc}; {_tail(log)}", time.perf_counter() - t0
-    result = read_result(cell.run_dir / "checkpoints")
+    result = read_result(cell.run_dir)
     return result, "" if result is not None else "no fit_result.json", time.perf_counter() - t0
 
 
@@ -135,7 +135,7 @@ def run_cell(
         row["fit_seconds"] = float(fit_done.read_text().strip() or "nan")
     from stuffed_mamba.training.fit import read_result
 
-    done_fit = read_result(cell.run_dir / "checkpoints")
+    done_fit = read_result(cell.run_dir)
     row["final_train_loss"] = None if done_fit is None else done_fit.final_loss
     log(f"[sweep] {cell.name}: evaluate {ckpt}")
     t0 = time.perf_counter()

@@ -6,7 +6,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from stuffed_mamba.training.config import ConfigError, RecipeConfig, mamba2_overrides, to_dict, to_yaml
 
@@ -16,7 +16,7 @@ RESULT_FILE = "fit_result.json"
 
 @dataclass
 class FitResult:
-    """What `fit` did; also written to `{run.dir}/checkpoints/fit_result.json` (rank 0)."""
+    """What `fit` did; also written to `{run.dir}/fit_result.json` (rank 0)."""
 
     global_step: int
     episodes: int
@@ -148,87 +148,43 @@ def fit(
     import lightning as L
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-    from stuffed_mamba.data import load_tokenizer
-    from stuffed_mamba.training.checkpoint import LAST, EpisodeCheckpoint, checkpoint_dir, latest_complete, resolve_resume
+    from stuffed_mamba.training.checkpoint import EpisodeCheckpoint, checkpoint_dir
     from stuffed_mamba.training.datamodule import EpisodeDataModule
     from stuffed_mamba.training.module import TBPTTModule
     from stuffed_mamba.training.report import startup_report
-    from stuffed_mamba.training.requeue import RequeueOnSignal, StopOnInterrupt
-    from stuffed_mamba.training.resume import RecordRun, check_architecture, read_resume_point, recipe_changes
+    from stuffed_mamba.training.resume import check_architecture, recipe_changes
 
     say = rank_zero_only(log)
     quiet_lightning()
     run_dir = Path(cfg.run.dir)
     ckpt_dir = checkpoint_dir(run_dir)
-    resume_from = resolve_resume(cfg.run.resume, run_dir)
-    earlier = latest_complete(ckpt_dir / LAST)
-    if resume_from is None and earlier is not None and not cfg.run.overwrite:
-        raise ConfigError(
-            f"run.dir={cfg.run.dir} already holds {earlier.name} from an earlier run: run.resume=auto continues it, "
-            "run.overwrite=true starts over, or choose another run.dir"
-        )
     # Nothing in run.dir changes until the start has succeeded: the checks come first.
-    point = read_resume_point(resume_from) if resume_from else None
-    max_steps = cfg.trainer.max_steps if cfg.trainer.max_steps is not None else cfg.optim.total_steps
-    if point is not None and point.global_step >= max_steps:
-        c = point.counters
-        return FitResult(point.global_step, c.get("episodes_done", 0), c.get("tokens_seen", 0), None, 0.0, resume_from,
-                         str(run_dir / "tensorboard"), c.get("nonfinite_total", 0), False, complete=True)
-
-    # Under Slurm the warning signal can come at any time: catch it before anything slow.
+    resume_from, point = _resume_point(cfg, run_dir, ckpt_dir)
+    if point is not None and point.global_step >= _max_steps(cfg):
+        return _complete(point, resume_from, run_dir)
     checkpoints = EpisodeCheckpoint(ckpt_dir, cfg.run.checkpoint_every_n_steps, cfg.run.keep_every_n_steps)
-    requeue = None
-    if cfg.run.requeue_on_signal and "SLURM_JOB_ID" in os.environ:
-        requeue = RequeueOnSignal(ckpt_dir, saver=checkpoints.save_unless_current)
-        requeue.install()
-
+    requeue = _catch_requeue_signal(cfg, ckpt_dir, checkpoints)  # before anything slow: it can come any time
     if cfg.run.torch_threads:
         import torch
 
         torch.set_num_threads(cfg.run.torch_threads)
 
     # 1. tokenizer and model (same seed on every rank: identical initial weights)
-    try:
-        tokenizer = load_tokenizer(cfg.data.tokenizer)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"data.tokenizer: {_first_line(e)}") from None
+    tokenizer = _tokenizer(cfg)
     L.seed_everything(cfg.run.seed, workers=False, verbose=False)
     model = build_model(cfg, tokenizer)
-    changes = []
     if point is not None:
         check_architecture(point, model.config)
-        changes = recipe_changes(point.recipe, to_dict(cfg))
 
-    # 2. callbacks: checkpoints, requeue, probes
-    # order matters at a batch end: the periodic save, then the requeue agreement, then probes
-    record = RecordRun(str(run_dir), to_yaml(cfg), to_dict(cfg), resumed_step=point.global_step if point else None,
-                       hyperparameters=lambda: _flat(to_dict(cfg)))
-    interrupt = StopOnInterrupt(ckpt_dir, saver=checkpoints.save_unless_current)
-    callbacks = [record, checkpoints, interrupt]
-    if requeue is not None:
-        callbacks.append(requeue)
-    if cfg.probes.enabled:
-        from stuffed_mamba.callbacks import build_callbacks
-
-        callbacks += build_callbacks(cfg.probes, tokenizer=tokenizer, data_cfg=cfg.data, run_dir=str(run_dir))
-    callbacks += list(extra_callbacks)
-
-    # 3. trainer, module, data
+    # 2. callbacks, trainer, module, data
+    callbacks, interrupt = _callbacks(cfg, run_dir, ckpt_dir, point, checkpoints, requeue, tokenizer, extra_callbacks)
     trainer = build_trainer(cfg, callbacks)
     module = TBPTTModule(model, cfg.optim, log_every_n_steps=cfg.trainer.log_every_n_steps)
     data = EpisodeDataModule(cfg.data, factory=loader_factory)
-
     world_size = trainer.num_nodes * trainer.num_devices
     if loader_factory is None:
-        # A wrong source or listing, or too few shards for the ranks, is one line now rather
-        # than a traceback from inside trainer.fit (building a loader only reads the listing).
-        from stuffed_mamba.data import build_dataloader
-
-        try:
-            build_dataloader(cfg.data, rank=0, world_size=world_size)
-        except (OSError, ValueError) as e:
-            msg = _first_line(e)
-            raise ConfigError(msg if msg.startswith("data") else f"data: {msg}") from None
+        _check_data(cfg, world_size)
+    changes = recipe_changes(point.recipe, to_dict(cfg)) if point is not None else []
     for line in startup_report(cfg, model, world_size=world_size, resume_from=resume_from, recipe=recipe,
                                changes=changes):
         say(line)
@@ -237,17 +193,13 @@ def fit(
         # exists or waits: built at the first probe, they kept the others in a barrier meanwhile.
         _prepare_probes(callbacks, say)
 
-    # 4. train (resume restores weights, optimiser, step, data position per rank, RNG)
+    # 3. train (resume restores weights, optimiser, step, data position per rank, RNG)
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=False)
     seconds = time.perf_counter() - t0
-    import torch.distributed as dist
+    _leave_process_group()
 
-    if dist.is_available() and dist.is_initialized():
-        # Exiting with a live gloo group aborts some ranks ("terminate called without an active
-        # exception", seen in 2 of 14 two-node runs): the job then ends FAILED after a complete run.
-        dist.destroy_process_group()
-
+    # 4. what it did, returned and written to {run.dir}/fit_result.json
     last = ckpt_dir / "last.ckpt"
     result = FitResult(
         global_step=trainer.global_step,
@@ -262,26 +214,113 @@ def fit(
         interrupted=interrupt.requeued,
     )
     if trainer.is_global_zero:
-        write_result(result, ckpt_dir)
+        write_result(result, run_dir)
     return result
 
 
-def write_result(result: FitResult, ckpt_dir: Path) -> Path:
-    """`{ckpt_dir}/fit_result.json` beside last.ckpt: what the run did, for sweeps and scripts."""
+def _max_steps(cfg: RecipeConfig) -> int:
+    return cfg.trainer.max_steps if cfg.trainer.max_steps is not None else cfg.optim.total_steps
+
+
+def _resume_point(cfg: RecipeConfig, run_dir: Path, ckpt_dir: Path):
+    """(checkpoint to resume from or None, its ResumePoint or None); an earlier run's last.ckpt is
+    never overwritten unless run.overwrite says so."""
+    from stuffed_mamba.training.checkpoint import LAST, latest_complete, resolve_resume
+    from stuffed_mamba.training.resume import read_resume_point
+
+    resume_from = resolve_resume(cfg.run.resume, run_dir)
+    earlier = latest_complete(ckpt_dir / LAST)
+    if resume_from is None and earlier is not None and not cfg.run.overwrite:
+        raise ConfigError(
+            f"run.dir={cfg.run.dir} already holds {earlier.name} from an earlier run: run.resume=auto continues it, "
+            "run.overwrite=true starts over, or choose another run.dir"
+        )
+    return resume_from, (read_resume_point(resume_from) if resume_from else None)
+
+
+def _complete(point, resume_from: str, run_dir: Path) -> FitResult:
+    """The result of a run that already reached trainer.max_steps: nothing to do."""
+    c = point.counters
+    return FitResult(point.global_step, c.get("episodes_done", 0), c.get("tokens_seen", 0), None, 0.0, resume_from,
+                     str(run_dir / "tensorboard"), c.get("nonfinite_total", 0), False, complete=True)
+
+
+def _catch_requeue_signal(cfg: RecipeConfig, ckpt_dir: Path, checkpoints):
+    """Under Slurm, the USR1 handler that checkpoints and requeues (None elsewhere)."""
+    from stuffed_mamba.training.requeue import RequeueOnSignal
+
+    if not (cfg.run.requeue_on_signal and "SLURM_JOB_ID" in os.environ):
+        return None
+    requeue = RequeueOnSignal(ckpt_dir, saver=checkpoints.save_unless_current)
+    requeue.install()
+    return requeue
+
+
+def _tokenizer(cfg: RecipeConfig):
+    from stuffed_mamba.data import load_tokenizer
+
+    try:
+        return load_tokenizer(cfg.data.tokenizer)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"data.tokenizer: {_first_line(e)}") from None
+
+
+def _callbacks(cfg, run_dir, ckpt_dir, point, checkpoints, requeue, tokenizer, extra) -> tuple[list, Any]:
+    """(callbacks in the order they act at a batch end: record, periodic save, Ctrl-C, requeue
+    agreement, probes, extras; the Ctrl-C callback)."""
+    from stuffed_mamba.training.requeue import StopOnInterrupt
+    from stuffed_mamba.training.resume import RecordRun
+
+    record = RecordRun(str(run_dir), to_yaml(cfg), to_dict(cfg), resumed_step=point.global_step if point else None,
+                       hyperparameters=lambda: _flat(to_dict(cfg)))
+    interrupt = StopOnInterrupt(ckpt_dir, saver=checkpoints.save_unless_current)
+    callbacks = [record, checkpoints, interrupt]
+    if requeue is not None:
+        callbacks.append(requeue)
+    if cfg.probes.enabled:
+        from stuffed_mamba.callbacks import build_callbacks
+
+        callbacks += build_callbacks(cfg.probes, tokenizer=tokenizer, data_cfg=cfg.data, run_dir=str(run_dir))
+    return callbacks + list(extra), interrupt
+
+
+def _check_data(cfg: RecipeConfig, world_size: int) -> None:
+    """A wrong source or listing, or too few shards for the ranks, is one line now rather than a
+    traceback from inside trainer.fit (building a loader only reads the listing)."""
+    from stuffed_mamba.data import build_dataloader
+
+    try:
+        build_dataloader(cfg.data, rank=0, world_size=world_size)
+    except (OSError, ValueError) as e:
+        msg = _first_line(e)
+        raise ConfigError(msg if msg.startswith("data") else f"data: {msg}") from None
+
+
+def _leave_process_group() -> None:
+    # Exiting with a live gloo group aborts some ranks ("terminate called without an active
+    # exception", seen in 2 of 14 two-node runs): the job then ends FAILED after a complete run.
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def write_result(result: FitResult, run_dir: Path) -> Path:
+    """`{run.dir}/fit_result.json` (beside checkpoints/): what the run did, for sweeps and scripts."""
     import dataclasses
     import json
 
-    path = Path(ckpt_dir) / RESULT_FILE
+    path = Path(run_dir) / RESULT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dataclasses.asdict(result), indent=1) + "\n")
     return path
 
 
-def read_result(ckpt_dir: Path) -> FitResult | None:
-    """The FitResult a finished `fit` wrote into `ckpt_dir` (None when there is none)."""
+def read_result(run_dir: Path) -> FitResult | None:
+    """The FitResult a finished `fit` wrote into `run_dir` (None when there is none)."""
     import json
 
-    path = Path(ckpt_dir) / RESULT_FILE
+    path = Path(run_dir) / RESULT_FILE
     return FitResult(**json.loads(path.read_text())) if path.is_file() else None
 
 
