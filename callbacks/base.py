@@ -69,6 +69,7 @@ class ProbeCallback(L.Callback):
         self.last_result: Optional[dict] = None  # the last probe's summary (rank 0), for tests and users
         self.failures, self.last_error = 0, None
         self.raise_errors = False  # tests set it so that a broken probe fails loudly
+        self._warned_zero3 = False
 
     # --- to implement per probe -------------------------------------------------------------
     def run_probe(self, model: torch.nn.Module, deadline: float) -> Any:
@@ -102,8 +103,9 @@ class ProbeCallback(L.Callback):
     def run(self, trainer, pl_module) -> None:
         """Probe now on rank 0 while the other ranks wait; usable outside the schedule too."""
         if _is_zero3(trainer):
-            if trainer.is_global_zero:
+            if trainer.is_global_zero and not self._warned_zero3:  # once per run, not every interval
                 log.warning("%s skipped: parameters are partitioned (ZeRO stage 3)", self.name)
+                self._warned_zero3 = True
             return
         if trainer.is_global_zero:
             try:

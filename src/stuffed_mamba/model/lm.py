@@ -103,7 +103,7 @@ class Mamba2LM(nn.Module):
         x, new_state = self._blocks(input_ids, state)
         hidden = self.backbone.norm_f(x.to(self.backbone.norm_f.weight.dtype))
         if labels is not None:
-            loss = chunked_cross_entropy(hidden, self.lm_head.weight, labels, chunk_tokens=self.loss_chunk_tokens)
+            loss = chunked_cross_entropy(hidden, self.lm_head, labels, chunk_tokens=self.loss_chunk_tokens)
             return LMOutput(logits=None, state=new_state, loss=loss)
         return LMOutput(logits=self.lm_head(hidden), state=new_state)
 

@@ -11,7 +11,10 @@ gradients, averaged over ranks, exactly as one backward of the summed loss would
   then keep only the last segment's gradient. `engine.set_gradient_accumulation_boundary(False)`
   before the first S-1 makes ZeRO accumulate them (stage 1: in `.grad`; stage 2: reduced into
   its partition buffers; stage 3: its partitioned gradients) and `True` before the last makes
-  that backward the boundary at which the next `engine.step()` applies the sum.
+  that backward the boundary at which the next `engine.step()` applies the sum. DeepSpeed also
+  expects one `engine.forward` per backward (it advances ZeRO-3's micro-step there), while
+  Lightning runs the whole `training_step` in one: each backward first does what that forward
+  would (`optimizer.clear_backward_seen_flag()`). Without it ZeRO-3 kept only the last segment.
 
 `make_backward(module)` returns that logic as one callable, `backward(tensors, grad_tensors=None,
 *, last)`, with the signature of `torch.autograd.backward` plus `last` (is this the last backward
@@ -47,6 +50,12 @@ def make_backward(module) -> Backward:
         loss = _scalar(tensors, grad_tensors)
         engine = deepspeed_engine(strategy)
         if engine is not None:
+            # engine.forward starts each micro-batch with this (ZeRO-3 then accumulates instead of
+            # copying; ZeRO-1/2 drop their per-backward buffers), but Lightning runs the whole
+            # training_step, all S segments, inside one engine forward.
+            clear = getattr(engine.optimizer, "clear_backward_seen_flag", None)
+            if clear is not None:
+                clear()
             # Set before every backward: the flag stays until changed, and step() reads it too.
             engine.set_gradient_accumulation_boundary(last)
             module.manual_backward(loss)
