@@ -41,6 +41,11 @@ class DataConfig:
     timeout_s: float = 60.0  # per network operation
     retries: int = 5  # attempts after the first, with back-off, before a shard is skipped
     retry_backoff_s: float = 1.0  # first back-off; doubles on every retry
+    # SYNTHETIC training data (data/synthetic.py, docs/data.md): appendix-B.1 passkey documents, each
+    # followed by its answer, mixed into every row stream as this fraction of the training tokens
+    synthetic_passkey_fraction: float = 0.0  # 0 = off; in [0, 1)
+    synthetic_passkey_lengths: Optional[list[int]] = None  # document lengths in tokens; None = [train_length]
+    synthetic_passkey_seed: int = 1  # the documents' own generator (never the passkey probe's)
 
     def __post_init__(self):
         checks = [
@@ -60,6 +65,11 @@ class DataConfig:
         for name, ok, rule in checks:
             if not ok:
                 raise ValueError(f"data.{name} must be {rule}, got {getattr(self, name)!r}")
+        if not 0.0 <= self.synthetic_passkey_fraction < 1.0:
+            raise ValueError(f"data.synthetic_passkey_fraction must be in [0, 1), got {self.synthetic_passkey_fraction!r}")
+        lengths = self.synthetic_passkey_lengths
+        if lengths is not None and (not lengths or not all(int(n) >= 1 for n in lengths)):
+            raise ValueError(f"data.synthetic_passkey_lengths must be a non-empty list of token counts >= 1, got {lengths!r}")
         if not self.source:
             raise ValueError("data.source must name a local mirror folder or a URL, got ''")
         if self.source.startswith(HF_PREFIX):
@@ -83,6 +93,11 @@ class DataConfig:
     def episode_tokens(self) -> int:
         """Tokens of one row of one episode, S*T + 1 (the last label)."""
         return self.segments * self.train_length + 1
+
+    @property
+    def passkey_lengths(self) -> list[int]:
+        """Lengths of the synthetic passkey documents (tokens, answer included)."""
+        return [int(n) for n in self.synthetic_passkey_lengths or [self.train_length]]
 
     @property
     def is_hf(self) -> bool:

@@ -19,6 +19,7 @@ from . import counters as ctr
 from .documents import open_documents
 from .packer import Packer, rows_to_episode
 from .stream import DocumentStream
+from .synthetic import PasskeyMixer
 from .tokenizer import load_tokenizer
 
 STATE_VERSION = 1
@@ -35,6 +36,13 @@ def lane_shards(tags: list[str], n_lanes: int, seed: int, shuffle: bool) -> list
 
 def _digest(tags: list[str]) -> str:
     return hashlib.blake2b("\n".join(tags).encode(), digest_size=8).hexdigest()
+
+
+def _mixer(cfg, tokenizer, lane: int) -> PasskeyMixer:
+    return PasskeyMixer(
+        tokenizer, fraction=cfg.synthetic_passkey_fraction, lengths=cfg.passkey_lengths,
+        seed=cfg.synthetic_passkey_seed, lane=lane,
+    )
 
 
 class EpisodeDataset(IterableDataset):
@@ -56,6 +64,14 @@ class EpisodeDataset(IterableDataset):
                 f"every row stream needs its own shards{hint}"
             )
         self.lanes = lane_shards(self.tags, self.n_lanes, cfg.seed, cfg.shuffle_shards)
+        if cfg.synthetic_passkey_fraction > 0:  # a length too short for the prompt fails here, in one line
+            mixer = _mixer(cfg, load_tokenizer(cfg.tokenizer), 0)
+            for n in cfg.passkey_lengths:
+                try:
+                    mixer.lengths = [n]
+                    mixer.document(0)
+                except ValueError as e:
+                    raise ValueError(f"data.synthetic_passkey_lengths: {n} tokens: {e}") from None
         self.live = None  # the iterator of the last __iter__ in this process
 
     def lane_ids(self, worker: int) -> list[int]:
@@ -95,6 +111,8 @@ class EpisodeIterator:
         ]
         self.digests = [_digest(ds.lanes[g]) for g in self.lanes]
         self.packers = [Packer(self.tokenizer.eos_id, cfg.episode_tokens) for _ in self.lanes]
+        on = cfg.synthetic_passkey_fraction > 0
+        self.mixers = [_mixer(cfg, self.tokenizer, g) if on else None for g in self.lanes]
         self.episodes = 0
 
     def __iter__(self):
@@ -102,7 +120,7 @@ class EpisodeIterator:
 
     def __next__(self):
         rows = []
-        for stream, packer in zip(self.streams, self.packers):
+        for stream, packer, mixer in zip(self.streams, self.packers, self.mixers):
             row = packer.pop_row()
             while row is None:
                 batch = stream.next_batch()
@@ -110,6 +128,8 @@ class EpisodeIterator:
                     raise StopIteration
                 for _, tokens in batch:
                     packer.push(tokens)
+                    for doc in mixer.after(len(tokens)) if mixer is not None else ():
+                        packer.push(doc)
                 row = packer.pop_row()
             rows.append(row)
         self.episodes += 1
@@ -125,7 +145,8 @@ class EpisodeIterator:
             "episodes": self.episodes,
             "rows": {
                 str(g): {"shards": d, "stream": s.state_dict(), "buffer": p.state_dict()}
-                for g, d, s, p in zip(self.lanes, self.digests, self.streams, self.packers)
+                | ({"passkey": m.state_dict()} if m is not None else {})
+                for g, d, s, p, m in zip(self.lanes, self.digests, self.streams, self.packers, self.mixers)
             },
         }
 
@@ -139,10 +160,17 @@ class EpisodeIterator:
                 f"this is rank {self.layout[3]} worker {self.worker} of {self.layout[0]} x {self.layout[1]} x "
                 f"{self.layout[2]}: resume with the same data layout"
             )
-        for g, d, s, p in zip(self.lanes, self.digests, self.streams, self.packers):
+        for g, d, s, p, m in zip(self.lanes, self.digests, self.streams, self.packers, self.mixers):
             row = sd["rows"][str(g)]
             if row["shards"] != d:
                 raise ValueError(f"data row stream {g}: its shard list changed since the state was saved")
+            if (m is not None) != ("passkey" in row):
+                raise ValueError(
+                    f"data row stream {g}: data.synthetic_passkey_fraction was turned "
+                    f"{'on' if m is not None else 'off'} since the state was saved; resume with the same data settings"
+                )
+            if m is not None:
+                m.load_state_dict(row["passkey"])
             s.load_state_dict(row["stream"])
             p.load_state_dict(row["buffer"])
         self.episodes = int(sd["episodes"])
