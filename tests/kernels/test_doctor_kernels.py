@@ -9,6 +9,8 @@ import pytest
 
 from stuffed_mamba.training import doctor
 
+pytestmark = pytest.mark.slow  # a forward and backward of two models under the interpreter: 80-100 s each on the loaded CPU
+
 
 def _context(backend: str) -> doctor.Context:
     ctx = doctor.Context("recipes/tiny_cpu.yaml", [f"model.backend={backend}"])
