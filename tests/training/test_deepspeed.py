@@ -4,6 +4,9 @@ CUDA-only checks), through the real entry point: ZeRO stages 1, 2 and 3, fp32 an
 - The engine applies the gradient DDP applies: per-segment losses equal DDP's (fp32, relative
   difference < 1e-5) in segment mode and in episode mode (ZeRO-2 and ZeRO-3), where the first S-1
   backward passes accumulate (DeepSpeed: not an accumulation boundary; DDP: `no_sync`, counted).
+- Non-finite steps: a NaN loss or an inf gradient with a finite loss is skipped, counted, and not
+  an optimiser step; K NaNs in a row abort with the message and an untouched checkpoint.
+- Stop + `run.resume=auto` ends bit-identical to an uninterrupted run.
 
 Every run is a pair of processes (~15-30 s each, mostly start-up): checks share runs.
 """
@@ -33,7 +36,8 @@ EPISODE = "optim.optimizer_step=episode"
 
 
 def fit(run_dir: Path, *args: str, returncode: int = 0) -> str:
-    """`python -m tests.training.hooked_fit [hooks] fit recipes/tiny_cpu.yaml ...`; its stdout."""
+    """`python -m tests.training.hooked_fit [hooks] fit recipes/tiny_cpu.yaml ...`; its stdout and stderr.
+    Hooks are the arguments starting with `--` (`--name=value` for those with a value)."""
     hooks = [a for a in args if a.startswith("--")]
     overrides = [a for a in args if not a.startswith("--")]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LOCAL_RANK", "WORLD_SIZE", "RANK"))}
@@ -96,7 +100,7 @@ def ddp_segment(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def zero2_segment(tmp_path_factory):
-    """ZeRO-2 fp32, segment mode, 2 episodes."""
+    """ZeRO-2 fp32, segment mode, 2 episodes: the reference of the resume test too."""
     run = tmp_path_factory.mktemp("zero2_segment")
     out = fit(run, *DS, "trainer.max_steps=6")
     assert "done: 6 optimiser steps, 2 episodes" in out  # one step per segment, not two
@@ -154,3 +158,42 @@ def test_full_bptt_under_deepspeed_equals_ddp(ddp_episode, tmp_path):
     full_losses, truncated = segment_losses(tmp_path / "ddp"), segment_losses(ddp_episode)
     second = [key for key in full_losses if key[1] == 2]
     assert second and max(abs(full_losses[k] - truncated[k]) for k in second) > 1e-5
+
+
+@pytest.mark.slow
+def test_zero2_resume_ends_bit_identical(zero2_segment, tmp_path):
+    fit(tmp_path, *DS, "trainer.max_steps=3")
+    out = fit(tmp_path, *DS, "trainer.max_steps=6", "run.resume=auto")
+    assert "done: 6 optimiser steps" in out
+    a, b = model_states(zero2_segment)["module"], model_states(tmp_path)["module"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.slow
+def test_zero1_bf16_skips_a_non_finite_gradient_and_trains_on(tmp_path):
+    """An inf gradient with a finite loss (call 1 = episode 0, segment 1): DeepSpeed's own overflow
+    check skips the update; the module counts it, and it is not an optimiser step (as under DDP)."""
+    out = fit(tmp_path, *DS, "--inf-grad-calls=1:2", "trainer.deepspeed.stage=1",
+              "trainer.precision=bf16-mixed", "trainer.max_steps=5")
+    # 6 segments, one skipped: 5 steps in 2 episodes
+    assert "done: 5 optimiser steps, 2 episodes" in out and "non-finite steps skipped 1" in out
+    assert_loss_fell(tmp_path)
+    states = assert_checkpoint_folder(tmp_path, global_step=5)
+    assert states["tbptt"]["nonfinite_total"] == 1
+    assert scalars(tmp_path, "train/nonfinite_skipped")["train/nonfinite_skipped"] == {2: 1.0, 5: 1.0}
+    grad_norms = scalars(tmp_path, "train/grad_norm")["train/grad_norm"]
+    assert all(torch.isfinite(torch.tensor(v)) for v in grad_norms.values()), grad_norms
+
+
+@pytest.mark.slow
+def test_k_nans_in_a_row_abort_with_a_checkpoint_from_before(tmp_path):
+    """tests/training/test_nonfinite.py's test under ZeRO-2: NaN losses from call 7 (episode 2,
+    segment 1) on, K=4: the message names step 7, last.ckpt is the one from step 6, untouched."""
+    out = fit(tmp_path, *DS, "--nan-calls=7:100", "--save-weights-before=6", "trainer.max_steps=30",
+              "optim.max_nonfinite_in_a_row=4", "run.checkpoint_every_n_steps=3", returncode=1)
+    assert "stuffed-mamba fit: aborted: 4 non-finite losses/gradients in a row, the first at optimiser step 7" in out
+    states = assert_checkpoint_folder(tmp_path, global_step=6)
+    before = torch.load(tmp_path / "hooks/weights_before_call_6.pt")
+    assert torch.equal(states["module"]["model.lm_head.weight"], before)
