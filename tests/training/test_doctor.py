@@ -127,3 +127,16 @@ def test_the_memory_estimate_counts_the_models_parameters(kw):
     cfg = load_recipe("recipes/tiny_cpu.yaml", ["data.batch_size=1", "data.train_length=1"])
     need, _ = estimate_need_bytes(cfg, config)
     assert need >= 16 * n  # DDP: weights, gradients and AdamW's moments, 16 bytes per parameter
+
+
+def test_importable_kernels_on_a_cpu_are_a_failing_line(monkeypatch):
+    """After the kernel tests' shims (or with a CPU-only mamba-ssm install) the backend imports,
+    but its Triton kernels cannot run on a CPU outside the interpreter: a named line, not a crash."""
+    import stuffed_mamba.ops
+
+    monkeypatch.setattr(stuffed_mamba.ops, "get_backend", lambda name: object())
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    results = {r.name: r for r in run_checks("recipes/tiny_cpu.yaml", ["model.backend=mamba_ssm"],
+                                             skip=("fit", "collective", "data", "memory"))}
+    assert results["kernels"].status == "FAIL"
+    assert results["kernels"].detail.startswith("mamba_ssm kernels need a CUDA GPU")

@@ -33,7 +33,7 @@ def test_the_collective_timeout_is_a_recipe_setting(strategy):
 
 def test_the_collective_timeout_must_outlast_a_probe():
     with pytest.raises(ConfigError, match=r"trainer.collective_timeout_s: must exceed probes.passkey.time_budget_s=60"):
-        load_recipe("recipes/tiny_cpu.yaml", ["trainer.collective_timeout_s=30"])
+        load_recipe("recipes/tiny_cpu.yaml", ["probes.passkey.time_budget_s=60", "trainer.collective_timeout_s=30"])
     with pytest.raises(ConfigError, match="trainer.collective_timeout_s: must be > 0"):
         load_recipe("recipes/tiny_cpu.yaml", ["trainer.collective_timeout_s=0", "probes.enabled=false"])
     assert load_recipe("recipes/tiny_cpu.yaml", ["trainer.collective_timeout_s=30", "probes.enabled=false"])

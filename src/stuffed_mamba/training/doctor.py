@@ -166,6 +166,10 @@ def check_kernels(ctx: Context) -> str:
         get_backend(backend)
     except ImportError as e:
         raise Fail(_first_line(e)) from None
+    if not ctx.cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        # The Triton kernels compile for a GPU; on a CPU only the interpreter runs them (the tests' way).
+        raise Fail(f"{backend} kernels need a CUDA GPU: run the doctor on a GPU node (installed there with "
+                   "bash scripts/install.sh cuda), or use model.backend=torch on a CPU")
     device = torch.device("cuda" if ctx.cuda else "cpu")
     torch.manual_seed(0)
     ref = Mamba2LM(Mamba2Config(**TINY_MODEL, vocab_size=64), backend="torch").to(device)
