@@ -8,6 +8,10 @@ CUDA-only checks), through the real entry point: ZeRO stages 1, 2 and 3, fp32 an
   an optimiser step; K NaNs in a row abort with the message and an untouched checkpoint.
 - Stop + `run.resume=auto` ends bit-identical to an uninterrupted run.
 
+Stages x precisions: ZeRO-1 fp32 (= DDP) and bf16-mixed (inf gradient skipped); ZeRO-2 fp32 (= DDP,
+resume, full BPTT) and bf16-mixed (K NaNs abort); ZeRO-3 fp32 (episode mode = DDP, probes skip) and
+bf16-mixed (near the fp32 losses).
+
 Every run is a pair of processes (~15-30 s each, mostly start-up): checks share runs.
 """
 
@@ -124,6 +128,26 @@ def test_zero2_segment_mode_applies_the_gradient_ddp_applies(zero2_segment, ddp_
 
 
 @pytest.mark.slow
+def test_zero1_fp32_segment_mode_equals_ddp(ddp_segment, tmp_path):
+    fit(tmp_path, *DS, "trainer.deepspeed.stage=1", "trainer.max_steps=6")
+    assert_same_losses(tmp_path, ddp_segment)
+    assert_loss_fell(tmp_path)
+    assert_checkpoint_folder(tmp_path, global_step=6)
+
+
+@pytest.mark.slow
+def test_zero3_bf16_mixed_trains_near_the_fp32_losses(ddp_segment, tmp_path):
+    """ZeRO-3 with bf16 matmuls: the loss falls, each rank writes its shard of the parameters, and
+    the per-segment losses stay within bf16's rounding of the fp32 DDP run's (not equal: bf16)."""
+    fit(tmp_path, *DS, "trainer.deepspeed.stage=3", "trainer.precision=bf16-mixed", "trainer.max_steps=6")
+    assert_loss_fell(tmp_path)
+    a, b = segment_losses(tmp_path), segment_losses(ddp_segment)
+    assert a.keys() == b.keys() and max(abs(a[k] - b[k]) / b[k] for k in a) < 2e-2, (a, b)
+    folder = tmp_path / "checkpoints/last.ckpt/checkpoint"
+    assert len(list(folder.glob("*optim_states.pt"))) == 2 and len(list(folder.glob("*model_states.pt"))) == 2
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", [2, 3])
 def test_episode_mode_sums_the_segments_gradients_like_ddp(stage, ddp_episode, tmp_path):
     """ZeRO-2 with every backward a boundary would keep only the last segment's gradient; the
@@ -189,9 +213,10 @@ def test_zero1_bf16_skips_a_non_finite_gradient_and_trains_on(tmp_path):
 
 @pytest.mark.slow
 def test_k_nans_in_a_row_abort_with_a_checkpoint_from_before(tmp_path):
-    """tests/training/test_nonfinite.py's test under ZeRO-2: NaN losses from call 7 (episode 2,
-    segment 1) on, K=4: the message names step 7, last.ckpt is the one from step 6, untouched."""
+    """tests/training/test_nonfinite.py's test under ZeRO-2 with bf16-mixed: NaN losses from call 7
+    (episode 2, segment 1) on, K=4: the message names step 7, last.ckpt is the one from step 6, untouched."""
     out = fit(tmp_path, *DS, "--nan-calls=7:100", "--save-weights-before=6", "trainer.max_steps=30",
+              "trainer.precision=bf16-mixed",
               "optim.max_nonfinite_in_a_row=4", "run.checkpoint_every_n_steps=3", returncode=1)
     assert "stuffed-mamba fit: aborted: 4 non-finite losses/gradients in a row, the first at optimiser step 7" in out
     states = assert_checkpoint_folder(tmp_path, global_step=6)
