@@ -55,3 +55,17 @@ def test_a_users_malloc_conf_wins(tmp_path):
         pytest.skip("libjemalloc2 not installed (scripts/install.sh)")
     rc, lines = _run(tmp_path, MALLOC_CONF="narenas:1")
     assert rc == 7 and lines[-1].split(" ", 3)[2] == "narenas:1"
+
+
+def test_the_console_command_re_executes_and_a_python_call_does_not(monkeypatch, capsys):
+    """`stuffed-mamba ...` (main() reading sys.argv) asks for the re-execution; main([...]) from
+    Python (tests, notebooks) never replaces the caller's process."""
+    from stuffed_mamba.cli import main
+
+    calls = []
+    monkeypatch.setattr(allocator, "reexec_under_jemalloc", lambda: calls.append("reexec"))
+    command = ["fit", "recipes/tiny_cpu.yaml", "--print-config"]
+    assert main(command) == 0 and calls == []
+    monkeypatch.setattr(sys, "argv", ["stuffed-mamba", *command])
+    assert main() == 0 and calls == ["reexec"]
+    capsys.readouterr()

@@ -39,10 +39,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    console = argv is None  # the console command itself, not a call from Python
+    argv = sys.argv[1:] if console else list(argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
-    if argv is None:  # the console command itself, not a call from Python: --help and usage errors exited above
+    if console:  # --help and usage errors exited above, before the re-execution
         from stuffed_mamba.allocator import reexec_under_jemalloc
 
         reexec_under_jemalloc()
