@@ -137,7 +137,7 @@ def test_max_steps_inside_an_episode_finishes_the_episode(tmp_path):
     assert ckpt["global_step"] == 9
     # resuming with a max_steps already reached trains nothing more, and says so
     again = run(tmp_path / "r", "trainer.max_steps=8", "run.resume=auto")
-    assert again.complete and again.global_step == 9 and again.episodes == 3
+    assert again.already_complete and again.global_step == 9 and again.episodes == 3
     # a run that ended between checkpoint multiples (every 6 here) continues when extended
     more = run(tmp_path / "r", "trainer.max_steps=12", "run.resume=auto")
     assert more.global_step == 12 and more.episodes == 4

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     except NonFiniteLossError as e:
         print(f"stuffed-mamba fit: aborted: {e}", flush=True)
         return 1
-    if result.complete:
+    if result.already_complete:
         say(f"{cfg.run.dir} is already complete at optimiser step {result.global_step} (trainer.max_steps): nothing "
             f"to do. For more steps raise trainer.max_steps, and optim.total_steps with it (the schedule's length; "
             f"past it the LR stays at optim.min_lr_ratio x lr): "

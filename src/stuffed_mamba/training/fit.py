@@ -28,7 +28,7 @@ class FitResult:
     nonfinite_skipped: int
     requeued: bool
     interrupted: bool = False  # Ctrl-C: stopped at an episode boundary with a checkpoint
-    complete: bool = False  # the run had already reached trainer.max_steps: nothing was done
+    already_complete: bool = False  # the run had reached trainer.max_steps before this call: nothing was done
 
 
 def build_model(cfg: RecipeConfig, tokenizer):
@@ -242,7 +242,7 @@ def _complete(point, resume_from: str, run_dir: Path) -> FitResult:
     """The result of a run that already reached trainer.max_steps: nothing to do."""
     c = point.counters
     return FitResult(point.global_step, c.get("episodes_done", 0), c.get("tokens_seen", 0), None, 0.0, resume_from,
-                     str(run_dir / "tensorboard"), c.get("nonfinite_total", 0), False, complete=True)
+                     str(run_dir / "tensorboard"), c.get("nonfinite_total", 0), False, already_complete=True)
 
 
 def _catch_requeue_signal(cfg: RecipeConfig, ckpt_dir: Path, checkpoints):
