@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
     say(
         f"done: {result.global_step} optimiser steps, {result.episodes} episodes, {result.tokens:,} tokens "
-        f"in {result.seconds:.0f} s; last loss {loss}; non-finite steps skipped {result.nonfinite_skipped}"
+        f"in {result.seconds:.0f} s; last episode mean loss {loss}; non-finite steps skipped {result.nonfinite_skipped}"
         + ("; requeued" if result.requeued else "")
     )
     say(f"checkpoint: {result.checkpoint}")

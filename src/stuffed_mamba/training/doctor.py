@@ -443,7 +443,7 @@ def _done_steps(stdout: str) -> int | None:
 
 
 def _last_loss(stdout: str) -> str:
-    m = re.search(r"last loss (\S+?);", stdout)
+    m = re.search(r"last episode mean loss (\S+?);", stdout)
     return m.group(1) if m else "n/a"
 
 
