@@ -17,6 +17,8 @@ import os
 import sys
 import sysconfig
 
+from stuffed_mamba import early_signals
+
 OFF_VAR = "STUFFED_MAMBA_JEMALLOC"
 _GUARD_VAR = "_STUFFED_MAMBA_REEXECUTED"  # set in the re-executed process: never re-execute twice
 MALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
@@ -48,6 +50,7 @@ def reexec_under_jemalloc() -> None:
     env[_GUARD_VAR] = "1"
     env["LD_PRELOAD"] = ":".join(p for p in (lib, env.get("LD_PRELOAD", "")) if p)
     env.setdefault("MALLOC_CONF", MALLOC_CONF)  # a user's own MALLOC_CONF wins
+    early_signals.hold_across_exec(env)  # a Slurm USR1 must survive the exec (early_signals.py)
     sys.stdout.flush()
     sys.stderr.flush()
     # sys.orig_argv is the interpreter's own command line: the console script's path or `-m stuffed_mamba`

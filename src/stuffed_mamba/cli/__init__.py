@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from stuffed_mamba import early_signals
 
 # command name -> module under stuffed_mamba.cli that defines add_parser(subparsers)
 _COMMANDS = {
@@ -41,12 +44,16 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     console = argv is None  # the console command itself, not a call from Python
     argv = sys.argv[1:] if console else list(argv)
+    if console and "SLURM_JOB_ID" in os.environ:
+        early_signals.catch()  # a Slurm USR1 during start-up must not kill this rank (early_signals.py)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     if console:  # --help and usage errors exited above, before the re-execution
         from stuffed_mamba.allocator import reexec_under_jemalloc
 
-        reexec_under_jemalloc()
+        reexec_under_jemalloc()  # execve resets the recorder: the new process installs it again above
+        if args.command != "fit":
+            early_signals.release()
     try:
         rc = args.func(args)
     except KeyboardInterrupt:

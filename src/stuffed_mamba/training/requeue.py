@@ -21,6 +21,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from stuffed_mamba import early_signals
 from stuffed_mamba.training.checkpoint import LAST, save_atomically
 
 
@@ -46,6 +47,8 @@ class RequeueOnSignal(L.Callback):
         """Install the handler now (the sooner, the fewer ways the default action can kill us)."""
         if self._previous is None and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(self.signum, self._handler)
+            if early_signals.received(self.signum):  # arrived during start-up (early_signals.py)
+                self.flag = True
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         self.install()
