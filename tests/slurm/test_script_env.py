@@ -2,6 +2,7 @@
 environment (STUFFED_MAMBA_ENV): one rank per node, the rendezvous address from Slurm, the
 recipe and overrides passed through untouched, and a batch shell that survives USR1."""
 
+import sys
 import time
 
 import pytest
@@ -14,18 +15,27 @@ SCRIPT = REPO / "slurm" / "train_370m_256k.sh"
 CPU_FIT = ("--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1")
 
 
-def fake_env(tmp_path, body: str):
+def fake_env(tmp_path, body: str, shebang: str = "/bin/bash"):
     bin_ = tmp_path / "env" / "bin"
     bin_.mkdir(parents=True)
     stub = bin_ / "stuffed-mamba"
-    stub.write_text("#!/bin/bash\n" + body)
+    stub.write_text(f"#!{shebang}\n" + body)
     stub.chmod(0o755)
     return {"STUFFED_MAMBA_ENV": str(tmp_path / "env")}
 
 
+# a stub `stuffed-mamba` that sets the task environment as `fit` does, then reports it
+REPORT = """import os, sys
+from stuffed_mamba.training.slurm_env import apply_task_environment
+apply_task_environment()
+e = os.environ
+print(f"rank={e['SLURM_PROCID']} node={e['SLURMD_NODENAME']} addr={e['MASTER_ADDR']} port={e['MASTER_PORT']} "
+      f"threads={e['OMP_NUM_THREADS']} argc={len(sys.argv) - 1} args={' '.join(sys.argv[1:])}", flush=True)
+"""
+
+
 def test_ranks_get_slurm_address_recipe_and_overrides(slurm_cluster, tmp_path):
-    env = fake_env(tmp_path, 'echo "rank=$SLURM_PROCID node=$SLURMD_NODENAME addr=$MASTER_ADDR '
-                             'port=$MASTER_PORT threads=$OMP_NUM_THREADS argc=$# args=$*"\n')
+    env = fake_env(tmp_path, REPORT, shebang=sys.executable)
     out = tmp_path / "default.out"
     jid = slurm_cluster.sbatch(SCRIPT, "a.b=1", "c=x y", options=(*CPU_FIT, f"--output={out}"),
                                cwd=tmp_path, env=env)

@@ -34,12 +34,17 @@ def run(args: argparse.Namespace) -> int:
         print(to_yaml(resolved(cfg, _vocab_size_offline(cfg.data.tokenizer))), end="")
         return 0
 
+    from stuffed_mamba.training.slurm_env import apply_task_environment
+
+    slurm_line = apply_task_environment()  # under Slurm: rendezvous, threads, NCCL, before Lightning reads them
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     from stuffed_mamba.training.fit import fit
     from stuffed_mamba.training.module import NonFiniteLossError
 
     say = rank_zero_only(lambda s: print(s, flush=True))
+    if slurm_line is not None:
+        say(slurm_line)
     try:
         result = fit(cfg, recipe=args.recipe, log=lambda s: print(s, flush=True))
     except ConfigError as e:

@@ -24,6 +24,8 @@ from stuffed_mamba.model import Mamba2Config
 from stuffed_mamba.probes.registry import ProbesConfig
 from stuffed_mamba.training.schedule import DECAY_SHAPES
 
+# the checkout the package runs from (an editable install): its recipes/ are found from anywhere
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 STRATEGIES = ("auto", "ddp", "deepspeed")
 # fp16 needs a loss scaler, which interacts badly with skipping non-finite steps; the
 # paper trains in bf16 (appendix F.1) and CPUs run fp32.
@@ -178,6 +180,8 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> RecipeCon
     layers = []
     if path is not None:
         path = Path(path)
+        if not path.is_file() and not path.is_absolute() and (PROJECT_ROOT / path).is_file():
+            path = PROJECT_ROOT / path  # a shipped recipe (recipes/...) from any working directory
         if not path.is_file():
             raise ConfigError(f"recipe not found: {path}")
         try:
