@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from typing import Callable, Mapping, MutableMapping
 
 
@@ -51,5 +52,7 @@ def apply_task_environment(environ: MutableMapping[str, str] = os.environ,
     if not env:
         return None
     environ.update(env)
+    if environ is os.environ and "torch" in sys.modules:  # its OpenMP pool read OMP_NUM_THREADS at import
+        sys.modules["torch"].set_num_threads(int(env["OMP_NUM_THREADS"]))
     return (f"job {environ['SLURM_JOB_ID']} restart {environ.get('SLURM_RESTART_COUNT', '0')} on "
             f"{environ.get('SLURM_JOB_NODELIST')}, rendezvous {env['MASTER_ADDR']}:{env['MASTER_PORT']}")
