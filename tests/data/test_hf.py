@@ -2,12 +2,10 @@
 stream order with every counter, for `data inspect` and the training stream; disjoint sharding over
 (rank, worker); bit-exact resume across a pass boundary; one-line errors. No network."""
 
-import io
 import itertools
 import json
 import subprocess
 import sys
-from collections import Counter
 
 import numpy as np
 import pytest
@@ -19,6 +17,7 @@ from stuffed_mamba.data.inspect import inspect_source
 
 from .hf_corpus import _write_jsonl, _write_parquet, build_json, build_parquet, write_hf_corpus
 from .mirror import MAX_DOC_BYTES, MIN_TOKENS, text
+from .loaders import rows, same_episodes, stop_and_resume
 
 
 @pytest.fixture(scope="module")
@@ -181,10 +180,6 @@ def _cfg(glob, **kw):
     return DataConfig(**{**base, **kw})
 
 
-def _rows(episodes):
-    return Counter(bytes(row.numpy().tobytes()) for ep in episodes for row in ep)
-
-
 def test_two_ranks_two_workers_reproduce_the_single_process_rows(hf_corpus):
     K = 60  # more than one pass over every row stream's shards (cycling)
     single = build_dataloader(_cfg(hf_corpus, batch_size=4, num_workers=0))
@@ -197,34 +192,17 @@ def test_two_ranks_two_workers_reproduce_the_single_process_rows(hf_corpus):
         shards += [t for w in range(2) for g in loader.dataset.lane_ids(w) for t in loader.dataset.lanes[g]]
     assert sorted(shards) == sorted(loader.dataset.tags) and len(shards) == 8  # each file read by one worker
     assert len(split) == 4 * K and all(ep.shape == (1, 3, 65) for ep in split)
-    assert _rows(split) == _rows(ref)
-    assert len(_rows(ref)) > 0.9 * 4 * K  # rows are distinct text, so equality is not vacuous
-
-
-def _roundtrip(state):
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
+    assert rows(split) == rows(ref)
+    assert len(rows(ref)) > 0.9 * 4 * K  # rows are distinct text, so equality is not vacuous
 
 
 @pytest.mark.parametrize("workers,k", [(0, 7), (2, 5)])
 def test_resume_continues_exactly_across_a_pass(hf_corpus, workers, k):
     cfg = _cfg(hf_corpus, batch_size=2, seed=3, tokenize_batch_bytes=2000, num_workers=workers)
-    n = 170  # past an epoch boundary of both row streams (~130 rows per pass)
-    ref_loader = build_dataloader(cfg)
-    ref = list(itertools.islice(ref_loader, n))
-    first = build_dataloader(cfg)
-    it = iter(first)
-    head = [next(it) for _ in range(k)]
-    state = _roundtrip(first.state_dict())
-    del it, first
-    resumed = build_dataloader(cfg)
-    resumed.load_state_dict(state)
-    tail = list(itertools.islice(resumed, n - k))
-    assert len(head + tail) == n and all(torch.equal(a, b) for a, b in zip(head + tail, ref))
-    assert resumed.counters() == ref_loader.counters()
-    assert ref_loader.counters()["epochs"] >= 1
+    r = stop_and_resume(cfg, n=170, k=k)  # 170: past an epoch boundary of both row streams (~130 rows per pass)
+    assert same_episodes(r.episodes, r.reference)
+    assert r.loader.counters() == r.reference_loader.counters()
+    assert r.reference_loader.counters()["epochs"] >= 1
 
 
 def test_redpajama_runs_and_help_do_not_import_datasets():

@@ -1,19 +1,15 @@
 """Acceptance 3: nothing lost or repeated over (rank, worker) pairs."""
 
 import itertools
-from collections import Counter
 
 from stuffed_mamba.data import DataConfig, build_dataloader
 from stuffed_mamba.data.dataset import EpisodeDataset
+from tests.data.loaders import rows
 
 
 def _cfg(corpus, **kw):
     base = dict(source=str(corpus), tokenizer="bytes", min_doc_tokens=300, train_length=64, segments=3, seed=7)
     return DataConfig(**{**base, **kw})
-
-
-def _rows(episodes):
-    return Counter(bytes(row.numpy().tobytes()) for ep in episodes for row in ep)
 
 
 def test_two_ranks_two_workers_reproduce_the_single_process_rows(corpus):
@@ -26,8 +22,8 @@ def test_two_ranks_two_workers_reproduce_the_single_process_rows(corpus):
         loader = build_dataloader(_cfg(corpus, batch_size=1, num_workers=2), rank=rank, world_size=2)
         split += list(itertools.islice(loader, 2 * K))  # 2 workers x K rows each
     assert len(split) == 4 * K and all(ep.shape == (1, 3, 65) for ep in split)
-    assert _rows(split) == _rows(ref)
-    assert len(_rows(ref)) > 0.9 * 4 * K  # rows are distinct text, so equality is not vacuous
+    assert rows(split) == rows(ref)
+    assert len(rows(ref)) > 0.9 * 4 * K  # rows are distinct text, so equality is not vacuous
 
 
 def test_row_streams_partition_the_shards(corpus):

@@ -1,7 +1,6 @@
 """data.synthetic_passkey_fraction: appendix-B.1 passkey documents (each followed by its answer)
 mixed into every row stream, deterministically (exact resume), with keys of their own."""
 
-import io
 import itertools
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch
 from stuffed_mamba.data import DataConfig, build_dataloader, load_tokenizer
 from stuffed_mamba.data.synthetic import PasskeyMixer, answer_text
 from stuffed_mamba.probes.passkey import QUESTION, build_prompt
+from tests.data.loaders import same_episodes, stop_and_resume
 
 LENGTHS = [300, 420]  # the bytes tokenizer: the prompt alone is ~250 tokens
 
@@ -60,28 +60,12 @@ def test_the_stream_carries_the_asked_fraction_of_passkey_tokens(corpus):
     assert all("passkey" not in tok.decode(_stream_text(off, r)) for r in range(cfg.batch_size))
 
 
-def _roundtrip(state):
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
-
-
 def test_resume_with_passkey_documents_continues_exactly(corpus):
     cfg = _cfg(corpus)
-    n, k = 60, 7
-    ref = list(itertools.islice(build_dataloader(cfg), n))
-    first = build_dataloader(cfg)
-    it = iter(first)
-    head = [next(it) for _ in range(k)]
-    state = _roundtrip(first.state_dict())
-    del it, first
-    resumed = build_dataloader(cfg)
-    resumed.load_state_dict(state)
-    tail = list(itertools.islice(resumed, n - k))
-    assert len(head + tail) == n and all(torch.equal(a, b) for a, b in zip(head + tail, ref))
+    r = stop_and_resume(cfg, n=60, k=7)
+    assert same_episodes(r.episodes, r.reference)
     other = build_dataloader(_cfg(corpus, synthetic_passkey_fraction=0.0))
-    other.load_state_dict(state)
+    other.load_state_dict(r.state)
     with pytest.raises(ValueError, match="synthetic_passkey_fraction was turned off"):
         next(iter(other))
 
