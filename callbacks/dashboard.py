@@ -37,8 +37,8 @@ def one_chart_per_series(layout: dict, tags: Iterable[str]) -> dict:
                 continue
             prefix = os.path.commonprefix(hits)
             prefix = prefix[: prefix.rfind("/") + 1]
-            for tag in hits:
-                split[f"{title}: {tag[len(prefix):]}"] = [kind, [re.escape(tag)]]
+            for tag in hits:  # TensorBoard applies re.match (start-anchored only): without "$", t=1 draws t=13 too
+                split[f"{title}: {tag[len(prefix):]}"] = [kind, [re.escape(tag) + "$"]]
         out[name] = split
     return out
 
