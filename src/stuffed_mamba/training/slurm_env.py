@@ -40,8 +40,8 @@ def task_environment(environ: Mapping[str, str], run: Callable[..., str] = scont
         "MASTER_PORT": str(20000 + job_id % 20000),
         "OMP_NUM_THREADS": environ.get("SLURM_CPUS_PER_TASK", "1"),
         "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+        "NCCL_DEBUG": environ.get("NCCL_DEBUG", "WARN"),
     }
-    env.setdefault("NCCL_DEBUG", environ.get("NCCL_DEBUG", "WARN"))
     return env
 
 
