@@ -85,3 +85,21 @@ def test_usr1_during_start_up_checkpoints_at_the_first_episode_boundary(tmp_path
     assert (tmp_path / "scontrol.txt").read_text().split() == ["requeue", "4242"]
     ckpt = torch.load(tmp_path / "run/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == S
+
+
+def test_with_requeue_off_the_signal_gets_its_default_action_back(tmp_path, monkeypatch):
+    """run.requeue_on_signal=false under Slurm: fit will not honour USR1, so the recorder the
+    console command installed must not swallow it either."""
+    from stuffed_mamba.training.config import load_recipe
+    from stuffed_mamba.training.fit import _catch_requeue_signal
+
+    before = signal.getsignal(USR1)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    try:
+        early_signals.catch()
+        cfg = load_recipe("recipes/tiny_cpu.yaml", ["run.requeue_on_signal=false", f"run.dir={tmp_path}"])
+        assert _catch_requeue_signal(cfg, tmp_path, checkpoints=None) is None
+        assert signal.getsignal(USR1) == signal.SIG_DFL
+    finally:
+        signal.signal(USR1, before)
+        early_signals._received.clear()

@@ -247,9 +247,11 @@ def _complete(point, resume_from: str, run_dir: Path) -> FitResult:
 
 def _catch_requeue_signal(cfg: RecipeConfig, ckpt_dir: Path, checkpoints):
     """Under Slurm, the USR1 handler that checkpoints and requeues (None elsewhere)."""
+    from stuffed_mamba import early_signals
     from stuffed_mamba.training.requeue import RequeueOnSignal
 
     if not (cfg.run.requeue_on_signal and "SLURM_JOB_ID" in os.environ):
+        early_signals.release()  # nobody will honour a recorded USR1: its default action again
         return None
     requeue = RequeueOnSignal(ckpt_dir, saver=checkpoints.save_unless_current)
     requeue.install()
