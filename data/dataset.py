@@ -68,8 +68,7 @@ class EpisodeDataset(IterableDataset):
             mixer = _mixer(cfg, load_tokenizer(cfg.tokenizer), 0)
             for n in cfg.passkey_lengths:
                 try:
-                    mixer.lengths = [n]
-                    mixer.document(0)
+                    mixer.document(0, length=n)
                 except ValueError as e:
                     raise ValueError(f"data.synthetic_passkey_lengths: {n} tokens: {e}") from None
         self.live = None  # the iterator of the last __iter__ in this process

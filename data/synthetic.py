@@ -35,10 +35,12 @@ class PasskeyMixer:
         self.docs = 0  # synthetic documents inserted so far (the index of the next one)
         self.tokens = 0  # their tokens
 
-    def document(self, i: int) -> tuple[str, np.ndarray]:
-        """(key, int32 tokens) of synthetic document i: prompt of at most length - len(answer) tokens, then the answer."""
+    def document(self, i: int, length: int | None = None) -> tuple[str, np.ndarray]:
+        """(key, int32 tokens) of synthetic document i: prompt of at most length - len(answer) tokens, then the
+        answer. `length` replaces the drawn one (the depth and key stay document i's): a check of each length."""
         rng = np.random.default_rng([self.seed, self.lane, i])
-        length = self.lengths[int(rng.integers(len(self.lengths)))]
+        drawn = self.lengths[int(rng.integers(len(self.lengths)))]
+        length = drawn if length is None else length
         depth = float(rng.random())
         key = str(int(rng.integers(10000, 100000)))
         answer = self.tokenizer.encode(answer_text(key))
