@@ -77,8 +77,9 @@ def child_env(name: str) -> dict:
 def run(mode: str, segments: int, args) -> dict:
     spec = {k: v for k, v in vars(args).items() if k != "allocator"}
     spec.update(mode=mode, segments=segments)
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], capture_output=True, text=True,
-                         env=child_env(args.allocator))
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(spec)], capture_output=True, text=True, env=child_env(args.allocator)
+    )
     if out.returncode != 0:
         last = (out.stderr.strip().splitlines() or ["killed (out of memory?)"])[-1]
         return {"error": f"exit {out.returncode}: {last}"}
@@ -98,17 +99,22 @@ def main(argv=None) -> int:
     p.add_argument("--headdim", type=int, default=32)
     p.add_argument("--vocab", type=int, default=256)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads in each child")
-    p.add_argument("--allocator", choices=("jemalloc", "libc"),
-                   default="jemalloc" if allocator.find_jemalloc() else "libc")
+    p.add_argument(
+        "--allocator", choices=("jemalloc", "libc"), default="jemalloc" if allocator.find_jemalloc() else "libc"
+    )
     args = p.parse_args(argv)
     segments = [int(s) for s in args.segments.split(",")]
     del args.segments
 
-    print(f"Mamba-2 d_model={args.d_model} n_layer={args.n_layer} d_state={args.d_state} headdim={args.headdim} "
-          f"vocab={args.vocab}, torch backend, fp32, CPU, {args.threads} thread(s), {args.allocator}; episode B={args.batch} x S x "
-          f"T={args.length}; working set = peak RSS - RSS before the episode, fresh process per row")
-    header = (f"{'S':>3} {'S*T':>7} {'full MB':>8} {'x S=1':>6} {'full s':>7} {'x S=1':>6} "
-              f"{'whole MB':>9} {'x S=1':>6} {'whole s':>8} {'whole/full MB':>14} {'|grad| rel diff':>16}")
+    print(
+        f"Mamba-2 d_model={args.d_model} n_layer={args.n_layer} d_state={args.d_state} headdim={args.headdim} "
+        f"vocab={args.vocab}, torch backend, fp32, CPU, {args.threads} thread(s), {args.allocator}; episode B={args.batch} x S x "
+        f"T={args.length}; working set = peak RSS - RSS before the episode, fresh process per row"
+    )
+    header = (
+        f"{'S':>3} {'S*T':>7} {'full MB':>8} {'x S=1':>6} {'full s':>7} {'x S=1':>6} "
+        f"{'whole MB':>9} {'x S=1':>6} {'whole s':>8} {'whole/full MB':>14} {'|grad| rel diff':>16}"
+    )
     print(header)
     print("-" * len(header))
     base = None
@@ -120,10 +126,12 @@ def main(argv=None) -> int:
             print(f"{S:>3} {S * args.length:>7} " + "; ".join(r.get("error", "ok") for r in (f, w)))
             continue
         diff = abs(f["grad_norm"] - w["grad_norm"]) / w["grad_norm"]
-        print(f"{S:>3} {S * args.length:>7} {f['set_mb']:>8.1f} {f['set_mb'] / base['set_mb']:>6.2f} "
-              f"{f['seconds']:>7.2f} {f['seconds'] / base['seconds']:>6.1f} {w['set_mb']:>9.1f} "
-              f"{w['set_mb'] / base['set_mb']:>6.2f} {w['seconds']:>8.2f} {w['set_mb'] / f['set_mb']:>14.1f} "
-              f"{diff:>16.1e}")
+        print(
+            f"{S:>3} {S * args.length:>7} {f['set_mb']:>8.1f} {f['set_mb'] / base['set_mb']:>6.2f} "
+            f"{f['seconds']:>7.2f} {f['seconds'] / base['seconds']:>6.1f} {w['set_mb']:>9.1f} "
+            f"{w['set_mb'] / base['set_mb']:>6.2f} {w['seconds']:>8.2f} {w['set_mb'] / f['set_mb']:>14.1f} "
+            f"{diff:>16.1e}"
+        )
     return 0
 
 

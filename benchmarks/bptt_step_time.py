@@ -43,8 +43,14 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = Mamba2Config(d_model=args.d_model, n_layer=args.n_layer, d_state=args.d_state, headdim=args.headdim,
-                       vocab_size=args.vocab, chunk_size=64)
+    cfg = Mamba2Config(
+        d_model=args.d_model,
+        n_layer=args.n_layer,
+        d_state=args.d_state,
+        headdim=args.headdim,
+        vocab_size=args.vocab,
+        chunk_size=64,
+    )
     model = Mamba2LM(cfg, backend="torch")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     T, S = args.length, args.segments
@@ -72,15 +78,19 @@ def main() -> None:
                 best[name] = (min(best[name][0], w), min(best[name][1], c))
 
     ref = best["one segment"][1]
-    print(f"Mamba-2 d_model {args.d_model}, {args.n_layer} layers, d_state {args.d_state}; {args.tokens} tokens per "
-          f"step, T = {T}; {args.threads} thread(s); fastest of {args.reps} steps")
+    print(
+        f"Mamba-2 d_model {args.d_model}, {args.n_layer} layers, d_state {args.d_state}; {args.tokens} tokens per "
+        f"step, T = {T}; {args.threads} thread(s); fastest of {args.reps} steps"
+    )
     print("| episode | B x S x T | wall s/step | CPU s/step | tokens/s (wall) | tokens/s (CPU) | CPU vs one segment |")
     print("|---|---|---|---|---|---|---|")
     for name, (episode, _) in runs.items():
         B, S_, T1 = episode.shape
         w, c = best[name]
-        print(f"| {name} | {B} x {S_} x {T1 - 1} | {w:.3f} | {c:.3f} | {args.tokens / w:.0f} | {args.tokens / c:.0f} "
-              f"| {c / ref:.2f}x |")
+        print(
+            f"| {name} | {B} x {S_} x {T1 - 1} | {w:.3f} | {c:.3f} | {args.tokens / w:.0f} | {args.tokens / c:.0f} "
+            f"| {c / ref:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

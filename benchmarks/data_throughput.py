@@ -119,7 +119,9 @@ def main(argv=None) -> int:
           f"{'tok/CPU-s':>10} {'ratio':>6}")  # fmt: skip
     for key in names:
         tps = ntok[key] / wall[key]
-        line = f"{names[key]:<44} {ntok[key]:>10,} {wall[key]:>7.3f} {tps:>10,.0f} {tps * wall['raw'] / ntok['raw']:>6.2f}"
+        line = (
+            f"{names[key]:<44} {ntok[key]:>10,} {wall[key]:>7.3f} {tps:>10,.0f} {tps * wall['raw'] / ntok['raw']:>6.2f}"
+        )
         if cpu[key] is not None:
             cps = ntok[key] / cpu[key]
             line += f" {cpu[key]:>7.3f} {cps:>10,.0f} {cps * cpu['raw'] / ntok['raw']:>6.2f}"
@@ -144,7 +146,6 @@ def _parquet_copy(out: str) -> str:
 
     import pyarrow as pa
     import pyarrow.parquet as pq
-
     from stuffed_mamba.data import DataConfig
     from stuffed_mamba.data.counters import new_counters
     from stuffed_mamba.data.documents import open_documents

@@ -141,9 +141,13 @@ def main(argv=None) -> int:
     p.add_argument("--lengths", default="16384,32768,65536,131072,262144")
     p.add_argument("--backends", default="mamba_ssm,torch")
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--precision", choices=["bf16-mixed", "bf16-true"], default="bf16-mixed",
-                   help="bf16-mixed: fp32 weights under autocast (what training runs, DeepSpeed included); "
-                        "bf16-true: bf16 weights (for comparison only: training refuses it)")
+    p.add_argument(
+        "--precision",
+        choices=["bf16-mixed", "bf16-true"],
+        default="bf16-mixed",
+        help="bf16-mixed: fp32 weights under autocast (what training runs, DeepSpeed included); "
+        "bf16-true: bf16 weights (for comparison only: training refuses it)",
+    )
     p.add_argument("--no-checkpointing", action="store_true", help="keep every layer's activations")
     p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's peak dense bf16 TFLOP/s")
     p.add_argument("--device", default="cuda", help="cuda (the benchmark) or cpu (a smoke test of the loop)")
@@ -153,8 +157,10 @@ def main(argv=None) -> int:
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("gpu_throughput: needs a CUDA device (run it on a GPU node; --device cpu only smoke-tests the loop)",
-              file=sys.stderr)
+        print(
+            "gpu_throughput: needs a CUDA device (run it on a GPU node; --device cpu only smoke-tests the loop)",
+            file=sys.stderr,
+        )
         return 2
     backends = args.backends.split(",")
     if "mamba_ssm" in backends:
@@ -168,8 +174,10 @@ def main(argv=None) -> int:
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = peak_tflops(name, args.peak_tflops)
-    print(f"device: {name}; peak bf16 {peak or '?'} TFLOP/s; {args.precision}; "
-          f"checkpointing {'off' if args.no_checkpointing else 'on'}; batch 1; {args.steps} timed steps")
+    print(
+        f"device: {name}; peak bf16 {peak or '?'} TFLOP/s; {args.precision}; "
+        f"checkpointing {'off' if args.no_checkpointing else 'on'}; batch 1; {args.steps} timed steps"
+    )
     header = f"{'model':<6} {'T':>7} {'backend':<10} {'tokens/s':>10} {'MFU %':>6} {'peak GB':>8} {'x torch':>8}"
     print(header)
     print("-" * len(header))

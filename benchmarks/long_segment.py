@@ -50,9 +50,17 @@ def child(T: int, n_layer: int, threads: int) -> dict:
         step(T)
     wall = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_SELF)
-    return {"T": T, "layers": n_layer, "steps": steps, "wall": wall / steps, "tok_s": steps * T / wall,
-            "user": (r1.ru_utime - r0.ru_utime) / steps, "sys": (r1.ru_stime - r0.ru_stime) / steps,
-            "minflt": (r1.ru_minflt - r0.ru_minflt) / steps, "rss_gb": r1.ru_maxrss / 2**20}
+    return {
+        "T": T,
+        "layers": n_layer,
+        "steps": steps,
+        "wall": wall / steps,
+        "tok_s": steps * T / wall,
+        "user": (r1.ru_utime - r0.ru_utime) / steps,
+        "sys": (r1.ru_stime - r0.ru_stime) / steps,
+        "minflt": (r1.ru_minflt - r0.ru_minflt) / steps,
+        "rss_gb": r1.ru_maxrss / 2**20,
+    }
 
 
 def run(T: int, n_layer: int, allocator: str, threads: int) -> dict | None:
@@ -62,8 +70,10 @@ def run(T: int, n_layer: int, allocator: str, threads: int) -> dict | None:
     if allocator == "jemalloc":
         lib = find_jemalloc()
         if lib is None:
-            print("jemalloc: libjemalloc.so.2 not found (bash scripts/install.sh installs it); rows skipped",
-                  file=sys.stderr)
+            print(
+                "jemalloc: libjemalloc.so.2 not found (bash scripts/install.sh installs it); rows skipped",
+                file=sys.stderr,
+            )
             return None
         env.update(LD_PRELOAD=lib, MALLOC_CONF=MALLOC_CONF)
     cmd = [sys.executable, __file__, "--child", str(T), str(n_layer), str(threads)]
@@ -80,18 +90,24 @@ def run(T: int, n_layer: int, allocator: str, threads: int) -> dict | None:
 def table(rows: list[dict]) -> str:
     """Wall-clock rates follow the machine's load; CPU seconds (user + system) per token compare runs on a
     shared machine, and system time is where page faults show."""
-    out = ["| T | layers | allocator | wall s | tokens/s | user s | system s | tokens per CPU-s | CPU per token vs 2K | "
-           "minor faults | peak RSS GiB | RSS above 2K, MiB per 1K tokens |", "|" + "---|" * 12]
+    out = [
+        "| T | layers | allocator | wall s | tokens/s | user s | system s | tokens per CPU-s | CPU per token vs 2K | "
+        "minor faults | peak RSS GiB | RSS above 2K, MiB per 1K tokens |",
+        "|" + "---|" * 12,
+    ]
     ref = {(r["allocator"], r["layers"]): r for r in rows if r["T"] == 2048}
     for r in rows:
         base = ref.get((r["allocator"], r["layers"]))
         per_cpu = r["T"] / (r["user"] + r["sys"])
         slow = f"{base['T'] / (base['user'] + base['sys']) / per_cpu:.2f}" if base else "-"
-        per_k = (f"{(r['rss_gb'] - base['rss_gb']) * 1024 / ((r['T'] - 2048) / 1024):.0f}"
-                 if base and r["T"] > 2048 else "-")
-        out.append(f"| {r['T']:,} | {r['layers']} | {r['allocator']} | {r['wall']:.0f} | {r['tok_s']:.0f} | "
-                   f"{r['user']:.0f} | {r['sys']:.0f} | {per_cpu:.0f} | {slow} | {r['minflt'] / 1e6:.1f}M | "
-                   f"{r['rss_gb']:.2f} | {per_k} |")
+        per_k = (
+            f"{(r['rss_gb'] - base['rss_gb']) * 1024 / ((r['T'] - 2048) / 1024):.0f}" if base and r["T"] > 2048 else "-"
+        )
+        out.append(
+            f"| {r['T']:,} | {r['layers']} | {r['allocator']} | {r['wall']:.0f} | {r['tok_s']:.0f} | "
+            f"{r['user']:.0f} | {r['sys']:.0f} | {per_cpu:.0f} | {slow} | {r['minflt'] / 1e6:.1f}M | "
+            f"{r['rss_gb']:.2f} | {per_k} |"
+        )
     return "\n".join(out)
 
 

@@ -67,15 +67,19 @@ def main(argv=None) -> int:
     lengths = [int(t) for t in args.lengths.split(",")]
     gb = 1024**2  # ru_maxrss is in KiB on Linux: KiB / 1024**2 = GiB
 
-    print(f"loss forward+backward, batch 1, fp32, V={args.vocab}, d_model={args.d_model}, "
-          f"chunk={args.chunk_tokens} tokens; peak RSS per fresh process (GiB)")
-    header = (f"{'T':>7} {'logits [T,V]':>13} {'chunked peak':>13} {'chunked set':>12} "
-              f"{'naive peak':>11} {'naive set':>10} {'naive/chunked set':>18} {'|loss diff|':>12}")
+    print(
+        f"loss forward+backward, batch 1, fp32, V={args.vocab}, d_model={args.d_model}, "
+        f"chunk={args.chunk_tokens} tokens; peak RSS per fresh process (GiB)"
+    )
+    header = (
+        f"{'T':>7} {'logits [T,V]':>13} {'chunked peak':>13} {'chunked set':>12} "
+        f"{'naive peak':>11} {'naive set':>10} {'naive/chunked set':>18} {'|loss diff|':>12}"
+    )
     print(header)
     print("-" * len(header))
     for T in lengths:
         c = run("chunked", T, args)
-        n = run("naive", T, args) if T <= args.naive_max else {"error": "skipped"}
+        n = run("naive", T, args) if args.naive_max >= T else {"error": "skipped"}
         logits_gb = T * args.vocab * 4 / 1024**3
 
         def cols(r):

@@ -57,19 +57,28 @@ def main() -> int:
     args = ap.parse_args()
 
     from stuffed_mamba.data import load_tokenizer
+
     from stuffed_mamba.model import Mamba2Config, Mamba2LM
     from stuffed_mamba.probes.memory import TensorPeak
     from stuffed_mamba.probes.passkey import build_prompt, greedy_continuation
 
     torch.manual_seed(0)
     tok = load_tokenizer("bytes")
-    cfg = Mamba2Config(d_model=args.d_model, n_layer=args.n_layer, vocab_size=tok.vocab_size, d_state=16,
-                       headdim=16, chunk_size=args.chunk_size)
+    cfg = Mamba2Config(
+        d_model=args.d_model,
+        n_layer=args.n_layer,
+        vocab_size=tok.vocab_size,
+        d_state=16,
+        headdim=16,
+        chunk_size=args.chunk_size,
+    )
     model = Mamba2LM(cfg).to(args.device).eval()
     cuda = args.device.startswith("cuda")
     lengths = [parse_length(x) for x in args.lengths.split(",")]
-    print(f"model: d_model={cfg.d_model} n_layer={cfg.n_layer} N_S={cfg.state_size:,} floats; "
-          f"prefill chunk {args.prefill_chunk}; device {args.device}")
+    print(
+        f"model: d_model={cfg.d_model} n_layer={cfg.n_layer} N_S={cfg.state_size:,} floats; "
+        f"prefill chunk {args.prefill_chunk}; device {args.device}"
+    )
     greedy_continuation(model, build_prompt(tok, 4096, 0.5, "12345"), max_new_tokens=2)  # warm-up
 
     rows = []
@@ -85,9 +94,13 @@ def main() -> int:
         with TensorPeak() as peak:
             greedy_continuation(model, ids, max_new_tokens=8, prefill_chunk=args.prefill_chunk)
         secs = time.perf_counter() - t0
-        row = {"T": T, "tensor_peak": peak.peak_bytes, "secs": secs,
-               "rss": proc_status("VmHWM") - rss0 if have_hwm else None,
-               "cuda": torch.cuda.max_memory_allocated() - base if cuda else None}
+        row = {
+            "T": T,
+            "tensor_peak": peak.peak_bytes,
+            "secs": secs,
+            "rss": proc_status("VmHWM") - rss0 if have_hwm else None,
+            "cuda": torch.cuda.max_memory_allocated() - base if cuda else None,
+        }
         rows.append(row)
         print(f"  {T:>9,} tokens done in {secs:.1f} s", flush=True)
 
@@ -96,19 +109,27 @@ def main() -> int:
         ids = torch.tensor(build_prompt(tok, T, 0.5, "12345"), device=args.device)[None]
         with torch.no_grad(), TensorPeak() as peak:
             model(ids[:, :-1])
-        print(f"contrast: one unchunked forward over {T:,} tokens peaks at {peak.peak_bytes / 2**20:.1f} MiB "
-              f"({peak.peak_bytes / rows[0]['tensor_peak']:.1f}x the chunked prefill)")
+        print(
+            f"contrast: one unchunked forward over {T:,} tokens peaks at {peak.peak_bytes / 2**20:.1f} MiB "
+            f"({peak.peak_bytes / rows[0]['tensor_peak']:.1f}x the chunked prefill)"
+        )
 
     ref = rows[0]
     mib = lambda b: "-" if b is None else f"{b / 2**20:.2f}"  # noqa: E731
-    print(f"\n{'tokens':>10}  {'tensor peak MiB':>15}  {'ratio':>6}  {'RSS HWM+ MiB':>12}  "
-          f"{'cuda peak MiB':>13}  {'seconds':>8}  {'tokens/s':>9}")
+    print(
+        f"\n{'tokens':>10}  {'tensor peak MiB':>15}  {'ratio':>6}  {'RSS HWM+ MiB':>12}  "
+        f"{'cuda peak MiB':>13}  {'seconds':>8}  {'tokens/s':>9}"
+    )
     for r in rows:
         ratio = r["tensor_peak"] / ref["tensor_peak"]
-        print(f"{r['T']:>10,}  {mib(r['tensor_peak']):>15}  {ratio:>6.3f}  {mib(r['rss']):>12}  "
-              f"{mib(r['cuda']):>13}  {r['secs']:>8.1f}  {r['T'] / r['secs']:>9,.0f}")
+        print(
+            f"{r['T']:>10,}  {mib(r['tensor_peak']):>15}  {ratio:>6.3f}  {mib(r['rss']):>12}  "
+            f"{mib(r['cuda']):>13}  {r['secs']:>8.1f}  {r['T'] / r['secs']:>9,.0f}"
+        )
     worst = max(r["tensor_peak"] for r in rows) / ref["tensor_peak"]
-    print(f"\nlargest peak / peak at {ref['T']:,} tokens = {worst:.3f} (target <= 1.2): {'OK' if worst <= 1.2 else 'FAIL'}")
+    print(
+        f"\nlargest peak / peak at {ref['T']:,} tokens = {worst:.3f} (target <= 1.2): {'OK' if worst <= 1.2 else 'FAIL'}"
+    )
     return 0 if worst <= 1.2 else 1
 
 

@@ -21,8 +21,14 @@ def build(args):
 
     from stuffed_mamba.model import Mamba2Config, Mamba2LM
 
-    cfg = Mamba2Config(d_model=args.d_model, n_layer=args.n_layer, vocab_size=args.vocab, d_state=args.d_state,
-                       headdim=args.headdim, chunk_size=args.chunk)
+    cfg = Mamba2Config(
+        d_model=args.d_model,
+        n_layer=args.n_layer,
+        vocab_size=args.vocab,
+        d_state=args.d_state,
+        headdim=args.headdim,
+        chunk_size=args.chunk,
+    )
     torch.manual_seed(0)
     ours = Mamba2LM(cfg)
     with tempfile.TemporaryDirectory() as d:
@@ -68,8 +74,10 @@ def main():
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, args.vocab, (args.batch, args.seq_len), generator=g)
     labels = torch.randint(0, args.vocab, (args.batch, args.seq_len), generator=g)
-    steps = {"stuffed_mamba (torch)": make_step(ours, ids, labels, False),
-             "transformers Mamba2": make_step(theirs, ids, labels, True)}
+    steps = {
+        "stuffed_mamba (torch)": make_step(ours, ids, labels, False),
+        "transformers Mamba2": make_step(theirs, ids, labels, True),
+    }
     for fn in steps.values():  # warm-up: allocator, first-call overheads
         fn()
     times = {k: [] for k in steps}
@@ -80,9 +88,11 @@ def main():
             times[name].append(time.perf_counter() - t0)
 
     tokens = args.batch * args.seq_len
-    print(f"config: d_model={args.d_model} n_layer={args.n_layer} d_state={args.d_state} headdim={args.headdim} "
-          f"chunk={args.chunk} T={args.seq_len} batch={args.batch} threads={torch.get_num_threads()} "
-          f"steps={args.steps} (median)")
+    print(
+        f"config: d_model={args.d_model} n_layer={args.n_layer} d_state={args.d_state} headdim={args.headdim} "
+        f"chunk={args.chunk} T={args.seq_len} batch={args.batch} threads={torch.get_num_threads()} "
+        f"steps={args.steps} (median)"
+    )
     print(f"{'implementation':<24}{'s/step':>10}{'tokens/s':>12}")
     med = {}
     for name, ts in times.items():

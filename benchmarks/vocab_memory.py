@@ -40,7 +40,9 @@ print(json.dumps({"peak_kb": peak, "after_init_kb": base, "loss": loss.item()}))
 def run(vocab, args, mode):
     out = subprocess.run(
         [sys.executable, "-c", CHILD, str(vocab), str(args.seq_len), str(args.d_model), str(args.n_layer), mode],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 

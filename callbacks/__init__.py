@@ -8,7 +8,7 @@ turns the recipe's `probes:` section into one callback per enabled probe of the 
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from stuffed_mamba.probes.registry import Context, all_probes, as_probes_config
 
@@ -47,7 +47,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def build_callbacks(probes_cfg: Any, *, tokenizer, data_cfg, run_dir: Optional[str] = None) -> list:
+def build_callbacks(probes_cfg: Any, *, tokenizer, data_cfg, run_dir: str | None = None) -> list:
     """The probe callbacks (plus the "forgetting" dashboard layout) a recipe asks for.
 
     probes_cfg: the recipe's `probes` section (ProbesConfig, DictConfig or dict).
@@ -61,10 +61,15 @@ def build_callbacks(probes_cfg: Any, *, tokenizer, data_cfg, run_dir: Optional[s
     cfg = as_probes_config(probes_cfg)
     if not cfg.enabled:
         return []
-    ctx = Context(tokenizer=tokenizer, train_length=int(data_cfg.train_length), eval_text=_eval_text(data_cfg, tokenizer))
+    ctx = Context(
+        tokenizer=tokenizer, train_length=int(data_cfg.train_length), eval_text=_eval_text(data_cfg, tokenizer)
+    )
     run_dir = str(run_dir) if run_dir is not None else None
-    probes = [callback_for(p, getattr(cfg, p.name), ctx, run_dir=run_dir)
-              for p in all_probes() if getattr(cfg, p.name).enabled]
+    probes = [
+        callback_for(p, getattr(cfg, p.name), ctx, run_dir=run_dir)
+        for p in all_probes()
+        if getattr(cfg, p.name).enabled
+    ]
     return probes + [ForgettingDashboard(probes)] if probes else []
 
 

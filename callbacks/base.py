@@ -15,7 +15,7 @@ import random
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -39,7 +39,7 @@ def preserved_rng_state():
             torch.cuda.set_rng_state_all(cuda)
 
 
-def tensorboard_writer(trainer: "L.Trainer"):
+def tensorboard_writer(trainer: L.Trainer):
     """The SummaryWriter of the trainer's TensorBoard logger, or None when there is none."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -59,14 +59,14 @@ class ProbeCallback(L.Callback):
 
     name = "probe"
 
-    def __init__(self, *, every_n_steps: int, time_budget_s: float, run_dir: Optional[str] = None):
+    def __init__(self, *, every_n_steps: int, time_budget_s: float, run_dir: str | None = None):
         if every_n_steps < 1:
             raise ValueError(f"{type(self).__name__}: every_n_steps must be >= 1, got {every_n_steps}")
         self.every_n_steps = int(every_n_steps)
         self.time_budget_s = float(time_budget_s)
         self.run_dir = run_dir
-        self._last_bucket: Optional[int] = None
-        self.last_result: Optional[dict] = None  # the last probe's summary (rank 0), for tests and users
+        self._last_bucket: int | None = None
+        self.last_result: dict | None = None  # the last probe's summary (rank 0), for tests and users
         self.failures, self.last_error = 0, None
         self.raise_errors = False  # tests set it so that a broken probe fails loudly
         self._warned_zero3 = False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 import lightning as L
 
@@ -38,7 +38,7 @@ def one_chart_per_series(layout: dict, tags: Iterable[str]) -> dict:
             prefix = os.path.commonprefix(hits)
             prefix = prefix[: prefix.rfind("/") + 1]
             for tag in hits:  # TensorBoard applies re.match (start-anchored only): without "$", t=1 draws t=13 too
-                split[f"{title}: {tag[len(prefix):]}"] = [kind, [re.escape(tag) + "$"]]
+                split[f"{title}: {tag[len(prefix) :]}"] = [kind, [re.escape(tag) + "$"]]
         out[name] = split
     return out
 

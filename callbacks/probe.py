@@ -7,7 +7,7 @@ that the corpus is not rescanned at every run.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from stuffed_mamba.probes.registry import Context, Probe, as_config, get
 
@@ -19,8 +19,15 @@ class RegistryProbeCallback(ProbeCallback):
 
     probe_name = ""
 
-    def __init__(self, ctx: Optional[Context] = None, cfg: Any = None, *, probe: Optional[Probe] = None,
-                 run_dir: Optional[str] = None, **overrides):
+    def __init__(
+        self,
+        ctx: Context | None = None,
+        cfg: Any = None,
+        *,
+        probe: Probe | None = None,
+        run_dir: str | None = None,
+        **overrides,
+    ):
         """cfg: the probe's Config (or a dict of its fields); overrides: fields to replace."""
         self.probe = probe or get(self.probe_name)
         self.name = self.probe.name
@@ -30,7 +37,7 @@ class RegistryProbeCallback(ProbeCallback):
         self.probe.check(self.cfg, self.ctx)
         self._inputs, self._load_error = None, None
 
-    def prepare_inputs(self) -> Optional[str]:
+    def prepare_inputs(self) -> str | None:
         """Build the inputs now, once; returns the error that prevented it, if any. Reading the
         evaluation text can take minutes (HTTP): `fit` calls this on rank 0 before training, when
         no other rank is waiting for it in a collective."""
@@ -38,7 +45,9 @@ class RegistryProbeCallback(ProbeCallback):
             try:
                 self._inputs = self.probe.inputs(self.cfg, self.ctx)
             except Exception as e:
-                self._load_error = f"cannot build the {self.name} inputs (prompt or evaluation text): {type(e).__name__}: {e}"
+                self._load_error = (
+                    f"cannot build the {self.name} inputs (prompt or evaluation text): {type(e).__name__}: {e}"
+                )
         return self._load_error
 
     def run_probe(self, model, deadline):
@@ -73,6 +82,6 @@ PositionLossCallback = _named("PositionLossCallback", "position_loss")
 _BY_PROBE = {c.probe_name: c for c in (PasskeyCallback, RetentionCallback, StateStatsCallback, PositionLossCallback)}
 
 
-def callback_for(probe: Probe, cfg: Any, ctx: Context, *, run_dir: Optional[str] = None) -> RegistryProbeCallback:
+def callback_for(probe: Probe, cfg: Any, ctx: Context, *, run_dir: str | None = None) -> RegistryProbeCallback:
     cls = _BY_PROBE.get(probe.name, RegistryProbeCallback)
     return cls(ctx, cfg, probe=probe, run_dir=run_dir)

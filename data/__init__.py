@@ -5,9 +5,9 @@ Data never imports the model.
 """
 
 from .config import DataConfig
-from .tokenizer import ByteTokenizer, load_tokenizer
-from .loader import EpisodeLoader, build_dataloader
 from .eval_text import load_eval_sequences
+from .loader import EpisodeLoader, build_dataloader
+from .tokenizer import ByteTokenizer, load_tokenizer
 
 __all__ = [
     "ByteTokenizer",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 HF_PREFIX = "hf://"
 
@@ -17,11 +17,11 @@ class DataConfig:
     """
 
     source: str = "data/sample"  # RedPajama-V2 layout: local mirror folder or base URL; or hf://NAME
-    listing: Optional[str] = None  # a listings/*.txt name or a path; None = every listing of the source
+    listing: str | None = None  # a listings/*.txt name or a path; None = every listing of the source
     # hf:// sources (docs/data.md): a hub dataset hf://OWNER/NAME, or a `datasets` file builder
     # (hf://parquet, hf://json, hf://text) reading hf_data_files, streamed with datasets.load_dataset
-    hf_data_files: Optional[Any] = None  # a glob or a list of globs (local paths, URLs, hf://datasets/...)
-    hf_config: Optional[str] = None  # the dataset's configuration (load_dataset's `name`)
+    hf_data_files: Any | None = None  # a glob or a list of globs (local paths, URLs, hf://datasets/...)
+    hf_config: str | None = None  # the dataset's configuration (load_dataset's `name`)
     hf_split: str = "train"
     hf_reshard: bool = False  # parquet: one shard per row group instead of per file (more row streams)
     text_field: str = "text"  # the column holding the document (hf:// only; RedPajama-V2 reads raw_content)
@@ -36,7 +36,7 @@ class DataConfig:
     dedup_memory: int = 100_000  # content hashes remembered per row stream (FIFO)
     seed: int = 0
     shuffle_shards: bool = True  # shard order: a seeded permutation, a new one every epoch
-    epochs: Optional[int] = None  # passes over the shards; None = cycle forever (epochs counted)
+    epochs: int | None = None  # passes over the shards; None = cycle forever (epochs counted)
     tokenize_batch_bytes: int = 4 * 1024 * 1024  # text handed to one tokenizers batch call
     timeout_s: float = 60.0  # per network operation
     retries: int = 5  # attempts after the first, with back-off, before a shard is skipped
@@ -44,7 +44,7 @@ class DataConfig:
     # SYNTHETIC training data (data/synthetic.py, docs/data.md): appendix-B.1 passkey documents, each
     # followed by its answer, mixed into every row stream as this fraction of the training tokens
     synthetic_passkey_fraction: float = 0.0  # 0 = off; in [0, 1)
-    synthetic_passkey_lengths: Optional[list[int]] = None  # document lengths in tokens; None = [train_length]
+    synthetic_passkey_lengths: list[int] | None = None  # document lengths in tokens; None = [train_length]
     synthetic_passkey_seed: int = 1  # the documents' own generator (never the passkey probe's)
 
     def __post_init__(self):
@@ -66,10 +66,14 @@ class DataConfig:
             if not ok:
                 raise ValueError(f"data.{name} must be {rule}, got {getattr(self, name)!r}")
         if not 0.0 <= self.synthetic_passkey_fraction < 1.0:
-            raise ValueError(f"data.synthetic_passkey_fraction must be in [0, 1), got {self.synthetic_passkey_fraction!r}")
+            raise ValueError(
+                f"data.synthetic_passkey_fraction must be in [0, 1), got {self.synthetic_passkey_fraction!r}"
+            )
         lengths = self.synthetic_passkey_lengths
         if lengths is not None and (not lengths or not all(int(n) >= 1 for n in lengths)):
-            raise ValueError(f"data.synthetic_passkey_lengths must be a non-empty list of token counts >= 1, got {lengths!r}")
+            raise ValueError(
+                f"data.synthetic_passkey_lengths must be a non-empty list of token counts >= 1, got {lengths!r}"
+            )
         if not self.source:
             raise ValueError("data.source must name a local mirror folder or a URL, got ''")
         if self.source.startswith(HF_PREFIX):
@@ -82,7 +86,13 @@ class DataConfig:
             if not self.text_field or not self.hf_split:
                 raise ValueError("data.text_field and data.hf_split must not be empty")
         else:
-            hf = {"hf_data_files": None, "hf_config": None, "hf_split": "train", "hf_reshard": False, "text_field": "text"}
+            hf = {
+                "hf_data_files": None,
+                "hf_config": None,
+                "hf_split": "train",
+                "hf_reshard": False,
+                "text_field": "text",
+            }
             for k, default in hf.items():
                 if getattr(self, k) != default:
                     raise ValueError(f"data.{k} applies to hf:// sources only (data.source is {self.source!r})")

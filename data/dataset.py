@@ -40,8 +40,11 @@ def _digest(tags: list[str]) -> str:
 
 def _mixer(cfg, tokenizer, lane: int) -> PasskeyMixer:
     return PasskeyMixer(
-        tokenizer, fraction=cfg.synthetic_passkey_fraction, lengths=cfg.passkey_lengths,
-        seed=cfg.synthetic_passkey_seed, lane=lane,
+        tokenizer,
+        fraction=cfg.synthetic_passkey_fraction,
+        lengths=cfg.passkey_lengths,
+        seed=cfg.synthetic_passkey_seed,
+        lane=lane,
     )
 
 
@@ -119,7 +122,7 @@ class EpisodeIterator:
 
     def __next__(self):
         rows = []
-        for stream, packer, mixer in zip(self.streams, self.packers, self.mixers):
+        for stream, packer, mixer in zip(self.streams, self.packers, self.mixers, strict=True):
             row = packer.pop_row()
             while row is None:
                 batch = stream.next_batch()
@@ -145,7 +148,7 @@ class EpisodeIterator:
             "rows": {
                 str(g): {"shards": d, "stream": s.state_dict(), "buffer": p.state_dict()}
                 | ({"passkey": m.state_dict()} if m is not None else {})
-                for g, d, s, p, m in zip(self.lanes, self.digests, self.streams, self.packers, self.mixers)
+                for g, d, s, p, m in zip(self.lanes, self.digests, self.streams, self.packers, self.mixers, strict=True)
             },
         }
 
@@ -159,7 +162,7 @@ class EpisodeIterator:
                 f"this is rank {self.layout[3]} worker {self.worker} of {self.layout[0]} x {self.layout[1]} x "
                 f"{self.layout[2]}: resume with the same data layout"
             )
-        for g, d, s, p, m in zip(self.lanes, self.digests, self.streams, self.packers, self.mixers):
+        for g, d, s, p, m in zip(self.lanes, self.digests, self.streams, self.packers, self.mixers, strict=True):
             row = sd["rows"][str(g)]
             if row["shards"] != d:
                 raise ValueError(f"data row stream {g}: its shard list changed since the state was saved")

@@ -74,9 +74,7 @@ def load_streaming(cfg):
 
     datasets.disable_progress_bars()  # "Resolving data files" bars on every rank and worker
     try:
-        ds = datasets.load_dataset(
-            name, cfg.hf_config, data_files=files, split=cfg.hf_split, streaming=True, **kwargs
-        )
+        ds = datasets.load_dataset(name, cfg.hf_config, data_files=files, split=cfg.hf_split, streaming=True, **kwargs)
         if cfg.hf_reshard:
             ds = ds.reshard()
     except Exception as e:  # datasets raises many types (hub, network, format, unknown split)
@@ -101,7 +99,7 @@ def _shard_labels(ds) -> list[str] | None:
     groups = kwargs.get("row_groups_list")
     if not (isinstance(groups, list) and len(groups) == n):
         return list(files)
-    return [f if g is None else f"{f}:rg{'+'.join(map(str, g))}" for f, g in zip(files, groups)]
+    return [f if g is None else f"{f}:rg{'+'.join(map(str, g))}" for f, g in zip(files, groups, strict=True)]
 
 
 def _strip_common_dir(names: list[str]) -> list[str]:
@@ -145,8 +143,7 @@ class HFReader:
         self.columns = list(self.ds.features) if self.ds.features is not None else None
         if self.columns is not None and self.field not in self.columns:
             raise ValueError(
-                f"data.text_field {self.field!r} is not a column of {self.source} "
-                f"(columns: {', '.join(self.columns)})"
+                f"data.text_field {self.field!r} is not a column of {self.source} (columns: {', '.join(self.columns)})"
             )
         self.names = shard_names(self.ds)
         self.index = {name: i for i, name in enumerate(self.names)}
@@ -184,8 +181,11 @@ class HFReader:
                     delivered = True
                     for j in range(max(0, start - row), n):
                         start = row + j + 1
-                        yield (row + j, f"{name}/{row + j}", *check_text(col[j] if col is not None else None,
-                                                                           self.max_doc_bytes))
+                        yield (
+                            row + j,
+                            f"{name}/{row + j}",
+                            *check_text(col[j] if col is not None else None, self.max_doc_bytes),
+                        )
                     row += n
             except Exception as e:  # whatever datasets raised while reading this shard's files
                 # a broken connection: re-open and skip what was delivered (data errors are final)

@@ -7,6 +7,7 @@ renamed when complete, so an interrupted run is resumed by running it again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import zlib
@@ -32,7 +33,7 @@ def _fetch(src, rel: str, dest: Path, counters: dict) -> int:
     part = dest.with_name(dest.name + ".part")
     n = 0
     last_err = None
-    for attempt in range(src.retries + 1 if src.remote else 1):
+    for _attempt in range(src.retries + 1 if src.remote else 1):
         try:
             with src.open(rel, counters) as r, open(part, "wb") as w:
                 shutil.copyfileobj(r, w, 1 << 20)
@@ -93,10 +94,8 @@ def prepare_mirror(
                 pass
         if quality_signals:
             rel = f"quality_signals/{tag}.signals.json.gz"
-            try:
+            with contextlib.suppress(Unavailable):
                 report["bytes"] += _fetch(src, rel, root / rel, counters)
-            except Unavailable:
-                pass
         done.append(tag)
         report["shards"] += 1
         if progress is not None:

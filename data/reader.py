@@ -88,12 +88,10 @@ def shard_lines(source, tag: str, counters: dict, *, start_line: int = 0, max_li
             return
         try:
             with raw:
-                line = 0
-                for text in gzip_lines(raw, max_line_bytes):
+                for line, text in enumerate(gzip_lines(raw, max_line_bytes)):
                     if line >= start_line:
                         yield line, text
                         start_line = line + 1
-                    line += 1
             counters["shards_read"] += 1
             return
         except Truncated:

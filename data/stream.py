@@ -135,7 +135,7 @@ class DocumentStream:
             nbytes += item[2]
         kept = []
         if texts:
-            for doc_id, toks in zip(ids, self.tokenizer.encode_arrays(texts)):
+            for doc_id, toks in zip(ids, self.tokenizer.encode_arrays(texts), strict=True):
                 if len(toks) < self.min_doc_tokens:
                     self.counters["dropped_short"] += 1
                     continue

@@ -8,8 +8,8 @@ document itself. `encode_arrays` is the pipeline's fast path (int32 numpy arrays
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -73,7 +73,7 @@ class HFTokenizer:
 
 
 def load_tokenizer(spec: str):
-    """"bytes" | a tokenizer.json (or a folder holding one) | a HuggingFace hub name.
+    """ "bytes" | a tokenizer.json (or a folder holding one) | a HuggingFace hub name.
 
     Returns an object with `encode(text) -> list[int]`, `encode_batch(texts)`, `decode(ids)`,
     `eos_id` and `vocab_size`. Hub names need network access or a cached copy.

@@ -27,11 +27,15 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="folder for the plots")
     args = ap.parse_args()
     variants = [tuple(s.split("=", 1)) for s in args.sweeps]
-    rows = {label: {r["cell"]: r for r in read_results(Path(d) / "results.jsonl")[0] if r.get("status") == "ok"}
-            for label, d in variants}
+    rows = {
+        label: {r["cell"]: r for r in read_results(Path(d) / "results.jsonl")[0] if r.get("status") == "ok"}
+        for label, d in variants
+    }
     cells = sorted({c for by_cell in rows.values() for c in by_cell}, key=lambda c: (len(c), c))
-    print("| cell | training | B x S x T | gradient horizon | fit s | final train loss | loss [T/2, T) "
-          "| loss 6144-8191 | late loss rise | max beyond / max within |")
+    print(
+        "| cell | training | B x S x T | gradient horizon | fit s | final train loss | loss [T/2, T) "
+        "| loss 6144-8191 | late loss rise | max beyond / max within |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for cell in cells:
         curves = []
@@ -41,9 +45,11 @@ def main() -> None:
                 continue
             S, T, s = int(r["segments"]), int(r["train_length"]), _summary(d, cell)
             horizon = S * T if _bptt(d, cell) == "full" else T
-            print(f"| {cell} | {label} | {r['batch_size']} x {S} x {T} | {horizon} | {r['fit_seconds']:.0f} "
-                  f"| {r['final_train_loss']:.3f} | {s['loss_near_train_length']:.3f} | {s['loss_late']:.3f} "
-                  f"| {s['late_loss_rise']:+.3f} | {r['position_loss/beyond_over_within']:.2f} |")
+            print(
+                f"| {cell} | {label} | {r['batch_size']} x {S} x {T} | {horizon} | {r['fit_seconds']:.0f} "
+                f"| {r['final_train_loss']:.3f} | {s['loss_near_train_length']:.3f} | {s['loss_late']:.3f} "
+                f"| {s['late_loss_rise']:+.3f} | {r['position_loss/beyond_over_within']:.2f} |"
+            )
             curves.append((label, s["bucket_positions"], s["bucket_loss"], T, S))
         if curves:
             print(f"plot: {_plot(cell, curves, Path(args.out))}", flush=True)

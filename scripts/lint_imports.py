@@ -15,8 +15,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,6 +26,7 @@ def assemble(dest: Path) -> None:
     """Copy the .py files of every mapped package to where an install puts them, under `dest`."""
     package_dir = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
     for name, src in sorted(package_dir.items(), key=lambda kv: kv[0].count(".")):
+
         def not_python(folder, names):
             return [n for n in names if not n.endswith(".py") and not (Path(folder) / n).is_dir()]
 
@@ -35,8 +37,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         assemble(Path(tmp))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([tmp, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-        cmd = [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command as c; sys.exit(c())",
-               "--no-cache"]  # reads [tool.importlinter] of pyproject.toml in ROOT
+        cmd = [
+            sys.executable,
+            "-c",
+            "import sys; from importlinter.cli import lint_imports_command as c; sys.exit(c())",
+            "--no-cache",
+        ]  # reads [tool.importlinter] of pyproject.toml in ROOT
         return subprocess.run(cmd, cwd=ROOT, env=env).returncode
 
 

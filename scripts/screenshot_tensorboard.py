@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import fcntl
 import json
 import os
@@ -77,10 +78,21 @@ class DevTools:
             os.dup2(hi_out, 4)
 
         self.proc = subprocess.Popen(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-             "--disable-dev-shm-usage", "--remote-debugging-pipe", "about:blank"],
-            preexec_fn=on_fds_3_and_4, close_fds=False,  # close_fds would run after preexec_fn and close 3 and 4
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                "--no-first-run",
+                "--disable-dev-shm-usage",
+                "--remote-debugging-pipe",
+                "about:blank",
+            ],
+            preexec_fn=on_fds_3_and_4,
+            close_fds=False,  # close_fds would run after preexec_fn and close 3 and 4
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         for fd in (to_chrome, from_chrome, hi_in, hi_out):
             os.close(fd)
@@ -104,10 +116,8 @@ class DevTools:
                 return answer["result"]
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError, OSError):
             self.call("Browser.close")
-        except (RuntimeError, OSError):
-            pass
         try:
             self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
@@ -128,8 +138,11 @@ def shoot(chromium: str, base: str, pages: list[tuple[str, Path, str]], wait_ms:
         browser.call("Runtime.evaluate", {"expression": "localStorage.setItem('_ignoreYOutliers', 'false')"}, tab)
         for url, out, size in pages:
             width, height = (int(v) for v in size.split(","))
-            browser.call("Emulation.setDeviceMetricsOverride",
-                         {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, tab)
+            browser.call(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+                tab,
+            )
             print("+ chromium", url, size, flush=True)
             browser.call("Page.navigate", {"url": url}, tab)
             time.sleep(wait_ms / 1000)
@@ -168,17 +181,34 @@ def main() -> int:
 
     port = free_port()
     tb = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1",
-         "--port", str(port), "--reload_interval", "0"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(logdir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--reload_interval",
+            "0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for(f"{base}/data/runs")
-        shoot(chromium, base, [
-            (f"{base}/#custom_scalars&_smoothingWeight=0", out_dir / "forgetting_dashboard.png", args.size),
-            (f"{base}/#images", out_dir / "forgetting_images.png", args.images_size),
-        ], args.wait_ms)
+        shoot(
+            chromium,
+            base,
+            [
+                (f"{base}/#custom_scalars&_smoothingWeight=0", out_dir / "forgetting_dashboard.png", args.size),
+                (f"{base}/#images", out_dir / "forgetting_images.png", args.images_size),
+            ],
+            args.wait_ms,
+        )
     finally:
         tb.terminate()
         try:

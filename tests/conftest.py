@@ -16,4 +16,3 @@ def _seed_and_dtype():
     yield
     torch.set_default_dtype(dtype)
     torch.set_num_threads(threads)
-

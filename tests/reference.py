@@ -18,9 +18,7 @@ def load_ssd_minimal() -> types.ModuleType:
     if spec is None or not spec.submodule_search_locations:
         pytest.skip("mamba_ssm is not installed (bash scripts/install.sh dev installs it)")
     path = Path(list(spec.submodule_search_locations)[0]) / "modules" / "ssd_minimal.py"
-    src = "\n".join(
-        line for line in path.read_text().splitlines() if "import mamba_chunk_scan_combined" not in line
-    )
+    src = "\n".join(line for line in path.read_text().splitlines() if "import mamba_chunk_scan_combined" not in line)
     mod = types.ModuleType("ssd_minimal_reference")
     exec(compile(src, str(path), "exec"), mod.__dict__)
     return mod

@@ -23,8 +23,9 @@ def _run(tmp_path, **env):
     script.write_text(SCRIPT)
     base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF", allocator.OFF_VAR)}
     base.pop("_STUFFED_MAMBA_REEXECUTED", None)
-    p = subprocess.run([sys.executable, str(script), "a", "b c"], env={**base, **env}, capture_output=True, text=True,
-                       timeout=60)
+    p = subprocess.run(
+        [sys.executable, str(script), "a", "b c"], env={**base, **env}, capture_output=True, text=True, timeout=60
+    )
     return p.returncode, p.stdout.splitlines()
 
 

@@ -57,7 +57,11 @@ def test_the_signal_survives_the_re_execution():
         os.execve(sys.executable, [sys.executable, "-c", {after!r}], env)
     """)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and r.stdout.split() == [str(int(signal.SIGUSR1)), "True"], (r.returncode, r.stdout, r.stderr)
+    assert r.returncode == 0 and r.stdout.split() == [str(int(signal.SIGUSR1)), "True"], (
+        r.returncode,
+        r.stdout,
+        r.stderr,
+    )
 
 
 def test_usr1_during_start_up_checkpoints_at_the_first_episode_boundary(tmp_path):
@@ -65,17 +69,33 @@ def test_usr1_during_start_up_checkpoints_at_the_first_episode_boundary(tmp_path
     the end of episode 1 (S optimiser steps), `scontrol requeue JOB` called once."""
     bin_ = tmp_path / "bin"
     bin_.mkdir()
-    (bin_ / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/scontrol.txt\n")
+    (bin_ / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/scontrol.txt\n')
     (bin_ / "scontrol").chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env.update(SLURM_JOB_ID="4242", PATH=f"{bin_}:{env['PATH']}", OMP_NUM_THREADS="1")
     S = 2
     model = [f"model.{k}={v}" for k, v in TINY_MODEL.items() if k != "vocab_size"]
     p = subprocess.Popen(
-        [sys.executable, "-m", "stuffed_mamba", "fit", "recipes/tiny_cpu.yaml", *model, "data.min_doc_tokens=1024",
-         f"data.segments={S}", "data.train_length=32", "data.batch_size=1", "probes.enabled=false",
-         "trainer.max_steps=40", "trainer.enable_progress_bar=false", f"run.dir={tmp_path / 'run'}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "stuffed_mamba",
+            "fit",
+            "recipes/tiny_cpu.yaml",
+            *model,
+            "data.min_doc_tokens=1024",
+            f"data.segments={S}",
+            "data.train_length=32",
+            "data.batch_size=1",
+            "probes.enabled=false",
+            "trainer.max_steps=40",
+            "trainer.enable_progress_bar=false",
+            f"run.dir={tmp_path / 'run'}",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     time.sleep(0.5)  # inside the imports (or the re-execution), long before fit's own handler
     p.send_signal(USR1)

@@ -2,11 +2,11 @@
 
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,8 +17,11 @@ def _packages_in_tree(package_dir: dict[str, str]) -> set[str]:
         for init in (ROOT / folder).rglob("__init__.py"):
             rel = init.parent.relative_to(ROOT / folder)
             name = ".".join((pkg, *rel.parts)) if rel.parts else pkg
-            if not any(name.startswith(other + ".") or name == other
-                       for other in package_dir if other != pkg and other.startswith(pkg + ".")):
+            if not any(
+                name.startswith(other + ".") or name == other
+                for other in package_dir
+                if other != pkg and other.startswith(pkg + ".")
+            ):
                 found.add(name)
     return found
 
@@ -33,11 +36,29 @@ def test_every_package_in_the_tree_is_listed():
 
 @pytest.mark.slow
 def test_wheel_holds_the_mapped_packages_and_the_sample_corpus(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(ROOT)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+    )
     wheel = next(tmp_path.glob("stuffed_mamba-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for f in ("stuffed_mamba/model/lm.py", "stuffed_mamba/data/loader.py", "stuffed_mamba/callbacks/base.py",
-              "stuffed_mamba/sweep/runner.py", "stuffed_mamba/data/sample/tokenizer.json"):
+    for f in (
+        "stuffed_mamba/model/lm.py",
+        "stuffed_mamba/data/loader.py",
+        "stuffed_mamba/callbacks/base.py",
+        "stuffed_mamba/sweep/runner.py",
+        "stuffed_mamba/data/sample/tokenizer.json",
+    ):
         assert f in names, f
     assert not any(n.startswith(("data/", "callbacks/")) for n in names), "no top-level data/callbacks modules"

@@ -63,4 +63,6 @@ def describe() -> str:
         return f"jemalloc ({os.environ.get('MALLOC_CONF', 'its default MALLOC_CONF')})"
     if os.environ.get(OFF_VAR, "1") == "0":
         return f"the C library's malloc ({OFF_VAR}=0)"
-    return "the C library's malloc (libjemalloc2 not found: bash scripts/install.sh installs it; long segments page-fault)"
+    return (
+        "the C library's malloc (libjemalloc2 not found: bash scripts/install.sh installs it; long segments page-fault)"
+    )

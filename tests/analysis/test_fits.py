@@ -5,7 +5,12 @@ import pytest
 import torch
 
 from stuffed_mamba.analysis import (
-    PAPER_T_FORGET, PAPER_T_RECALL, fit_exponential, fit_linear, forget_threshold_warning, predicted_thresholds,
+    PAPER_T_FORGET,
+    PAPER_T_RECALL,
+    fit_exponential,
+    fit_linear,
+    forget_threshold_warning,
+    predicted_thresholds,
 )
 from tests.helpers import rel_err
 
@@ -40,12 +45,12 @@ def test_linear_fit_is_exact_without_noise():
 def test_exponential_fit_recovers_parameters_from_noisy_data():
     rng = np.random.default_rng(2)
     x = np.linspace(1.0, 14.0, 10)
-    truth = 4.756 * (1.365 ** x - 1) - 0.742
+    truth = 4.756 * (1.365**x - 1) - 0.742
     y = truth + rng.normal(0, 2.0, x.size)  # 2K tokens of noise on T_recall up to ~370K
     law = fit_exponential(x, y)
     assert re(law.c, 1.365) < 0.02
     # a and c trade off against each other; each lies within 3 standard errors of the truth
-    for got, true, se in zip(law.params, (4.756, 1.365, -0.742), law.stderr()):
+    for got, true, se in zip(law.params, (4.756, 1.365, -0.742), law.stderr(), strict=True):
         assert abs(got - true) < 3 * se
     assert re(law.a, 4.756) < 0.2
     assert law.r2 > 0.99
@@ -56,15 +61,15 @@ def test_exponential_fit_recovers_parameters_from_noisy_data():
 def test_exponential_fit_far_from_the_papers_scale():
     # a miniature-scale law (N_S in K floats, T in tokens): the grid start must find it too
     x = np.array([2.0, 5.0, 9.0, 17.0, 33.0])
-    y = 20.0 * (1.08 ** x - 1) + 50.0
+    y = 20.0 * (1.08**x - 1) + 50.0
     law = fit_exponential(x, y, x_unit=1e3, y_unit=1.0)
     assert re(law.c, 1.08) < 1e-6 and re(law.a, 20.0) < 1e-4 and re(law.b, 50.0) < 1e-4
-    assert re(law.tokens(17_000), 20.0 * (1.08 ** 17 - 1) + 50.0) < 1e-6
+    assert re(law.tokens(17_000), 20.0 * (1.08**17 - 1) + 50.0) < 1e-6
 
 
 def test_three_points_fit_exactly_but_have_no_band():
     x = np.array([1.0, 2.0, 3.0])
-    law = fit_exponential(x, 2.0 * (1.5 ** x - 1) + 1.0)
+    law = fit_exponential(x, 2.0 * (1.5**x - 1) + 1.0)
     assert law.cov is None and law.dof == 0
     lo, hi = law.band(x)
     assert np.all(np.isnan(lo)) and np.all(np.isnan(hi))

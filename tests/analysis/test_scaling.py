@@ -10,16 +10,25 @@ from stuffed_mamba.analysis.thresholds import thresholds
 from stuffed_mamba.cli import main
 from tests.helpers import rel_err
 
-LENGTHS = [2 ** k for k in range(10, 19)]  # 1K .. 256K
+LENGTHS = [2**k for k in range(10, 19)]  # 1K .. 256K
 
 
 def synthetic_sweep(path, t_forget_of, t_recall_of, sizes):
     """Rows of a sweep where a run forgets iff T_train >= t_forget_of(N_S) (section 4.2's law)."""
     for n_s in sizes:
         for t in LENGTHS:
-            append_row(path, {"cell": f"{n_s}_T{t}", "model": f"m{n_s}", "state_size": n_s, "train_length": t,
-                              "learned_to_forget": t >= t_forget_of(n_s), "t_recall": t_recall_of(n_s),
-                              "status": "ok"})
+            append_row(
+                path,
+                {
+                    "cell": f"{n_s}_T{t}",
+                    "model": f"m{n_s}",
+                    "state_size": n_s,
+                    "train_length": t,
+                    "learned_to_forget": t >= t_forget_of(n_s),
+                    "t_recall": t_recall_of(n_s),
+                    "status": "ok",
+                },
+            )
 
 
 def test_thresholds_are_the_shortest_forgetting_length_and_censoring_is_reported():
@@ -41,8 +50,17 @@ def test_thresholds_are_the_shortest_forgetting_length_and_censoring_is_reported
 
 
 def test_rise_criterion_uses_the_late_loss_rise(tmp_path, capsys):
-    rows = [{"cell": f"c{t}", "state_size": 10, "train_length": t, "learned_to_forget": True,
-             "late_loss_rise": rise, "status": "ok"} for t, rise in ((64, 0.9), (128, 0.4), (256, 0.05))]
+    rows = [
+        {
+            "cell": f"c{t}",
+            "state_size": 10,
+            "train_length": t,
+            "learned_to_forget": True,
+            "late_loss_rise": rise,
+            "status": "ok",
+        }
+        for t, rise in ((64, 0.9), (128, 0.4), (256, 0.05))
+    ]
     rows.append({"cell": "failed", "state_size": 10, "train_length": 512, "status": "fit_failed: rc=1"})
     for r in rows:
         append_row(tmp_path / "results.jsonl", r)
@@ -108,14 +126,30 @@ def test_cli_scaling_on_a_missing_table_is_one_line(tmp_path, capsys):
 
 def test_loss_vs_position_plot_per_model_from_the_runs_curves(tmp_path):
     for t in (64, 256):
-        append_row(tmp_path / "results.jsonl", {"cell": f"m_T{t}", "model": "m", "state_size": 100,
-                                                "train_length": t, "learned_to_forget": t == 256, "status": "ok"})
+        append_row(
+            tmp_path / "results.jsonl",
+            {
+                "cell": f"m_T{t}",
+                "model": "m",
+                "state_size": 100,
+                "train_length": t,
+                "learned_to_forget": t == 256,
+                "status": "ok",
+            },
+        )
         run = tmp_path / "runs" / f"m_T{t}"
         run.mkdir(parents=True)
         pos = [1, 10, 100, 1000]
-        (run / "position_loss.json").write_text(json.dumps(
-            {"train_length": t, "positions": pos, "loss": [5.0, 4.0, 4.0, 4.0 + (t == 64)],
-             "learned_to_forget": t == 256}))
+        (run / "position_loss.json").write_text(
+            json.dumps(
+                {
+                    "train_length": t,
+                    "positions": pos,
+                    "loss": [5.0, 4.0, 4.0, 4.0 + (t == 64)],
+                    "learned_to_forget": t == 256,
+                }
+            )
+        )
     rep = analyze(tmp_path, tmp_path / "out")
     png = tmp_path / "out" / "position_loss_m.png"
     assert png in rep.plots and png.stat().st_size > 10_000

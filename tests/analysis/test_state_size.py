@@ -48,9 +48,20 @@ def test_agrees_with_Mamba2Config(fields):
 
 def test_official_config_json_folder(tmp_path):
     # the shape of state-spaces/mamba2-370m's config.json
-    cfg = {"d_model": 1024, "d_intermediate": 0, "n_layer": 48, "vocab_size": 50277,
-           "ssm_cfg": {"layer": "Mamba2"}, "attn_layer_idx": [], "attn_cfg": {}, "rms_norm": True,
-           "residual_in_fp32": True, "fused_add_norm": True, "pad_vocab_size_multiple": 16, "tie_embeddings": True}
+    cfg = {
+        "d_model": 1024,
+        "d_intermediate": 0,
+        "n_layer": 48,
+        "vocab_size": 50277,
+        "ssm_cfg": {"layer": "Mamba2"},
+        "attn_layer_idx": [],
+        "attn_cfg": {},
+        "rms_norm": True,
+        "residual_in_fp32": True,
+        "fused_add_norm": True,
+        "pad_vocab_size_multiple": 16,
+        "tie_embeddings": True,
+    }
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     assert resolve(tmp_path).state_size == resolve("370m").state_size
     assert resolve(tmp_path / "config.json").state_size == resolve("370m").state_size
@@ -65,14 +76,25 @@ def test_mamba1_config_is_refused(tmp_path):
 def test_transformers_config_json(tmp_path):
     from transformers import Mamba2Config as HFConfig
 
-    hf = HFConfig(hidden_size=64, num_hidden_layers=3, state_size=16, head_dim=16, n_groups=2, expand=2,
-                  conv_kernel=4, num_heads=8, vocab_size=300)
+    hf = HFConfig(
+        hidden_size=64,
+        num_hidden_layers=3,
+        state_size=16,
+        head_dim=16,
+        n_groups=2,
+        expand=2,
+        conv_kernel=4,
+        num_heads=8,
+        vocab_size=300,
+    )
     hf.save_pretrained(tmp_path)
     assert resolve(tmp_path).state_size == by_hand(64, 3, N=16, P=16, G=2)
 
 
 def test_recipe_model_section_and_init_from(tmp_path):
-    (tmp_path / "r.yaml").write_text("model:\n  d_model: 64\n  n_layer: 2\n  d_state: 16\n  headdim: 16\n  init_from: null\n")
+    (tmp_path / "r.yaml").write_text(
+        "model:\n  d_model: 64\n  n_layer: 2\n  d_state: 16\n  headdim: 16\n  init_from: null\n"
+    )
     assert resolve(tmp_path / "r.yaml").state_size == by_hand(64, 2, N=16, P=16)
     (tmp_path / "r2.yaml").write_text("model:\n  init_from: 780m\n")
     assert resolve(tmp_path / "r2.yaml").state_size == 19_353_600
@@ -112,11 +134,18 @@ def test_state_size_command_imports_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys; from stuffed_mamba.cli import main; "
-            "rc = main(['analyze', 'state-size', '--config', '780m', '--config', 'recipes/tiny_cpu.yaml']); "
-            "assert rc == 0; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[2])
+    code = (
+        "import sys; from stuffed_mamba.cli import main; "
+        "rc = main(['analyze', 'state-size', '--config', '780m', '--config', 'recipes/tiny_cpu.yaml']); "
+        "assert rc == 0; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert "19,353,600" in out.stdout and out.stdout.strip().endswith("[]"), out.stdout
 
 

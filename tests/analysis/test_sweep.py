@@ -149,8 +149,11 @@ def test_reshard_keeps_the_corpus_and_feeds_more_rows(tmp_path, capsys):
     # balanced by size: every shard holds one of the 24 longest documents (no row starves)
     import gzip
 
-    longest = [max(len(json.loads(line)["raw_content"]) for line in gzip.open(f, "rt"))
-               for f in sorted((tmp_path / "r24" / "documents").rglob("*.json.gz"))]
+    def longest_document(shard):
+        with gzip.open(shard, "rt") as f:
+            return max(len(json.loads(line)["raw_content"]) for line in f)
+
+    longest = [longest_document(f) for f in sorted((tmp_path / "r24" / "documents").rglob("*.json.gz"))]
     assert len(longest) == 24 and min(longest) > 16_000
     # the same documents survive dedup and the length filter, with the same tokens
     assert (counts[1]["kept"], counts[1]["tokens"]) == (counts[0]["kept"], counts[0]["tokens"])

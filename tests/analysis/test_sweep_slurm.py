@@ -28,12 +28,18 @@ def test_script_passes_the_array_task_as_the_cell(tmp_path):
     srun = env_dir / "bin" / "srun"
     srun.write_text('#!/bin/bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@"\n')
     srun.chmod(0o755)
-    env = {"PATH": f"{env_dir}/bin:/usr/bin:/bin", "STUFFED_MAMBA_ENV": str(env_dir),
-           "SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_JOB_ID": "1", "SLURM_CPUS_PER_TASK": "2"}
+    env = {
+        "PATH": f"{env_dir}/bin:/usr/bin:/bin",
+        "STUFFED_MAMBA_ENV": str(env_dir),
+        "SLURM_ARRAY_TASK_ID": "7",
+        "SLURM_ARRAY_JOB_ID": "1",
+        "SLURM_CPUS_PER_TASK": "2",
+    }
     r = subprocess.run(["bash", str(SCRIPT), "out_dir=x"], env=env, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[-1] == (
-        "task=7 threads=2 args=analyze sweep recipes/sweeps/forget_threshold_cpu.yaml --cell 7 out_dir=x")
+        "task=7 threads=2 args=analyze sweep recipes/sweeps/forget_threshold_cpu.yaml --cell 7 out_dir=x"
+    )
     r = subprocess.run(["bash", str(SCRIPT)], env={**env, "RECIPE": "my.yaml"}, capture_output=True, text=True)
     assert r.stdout.splitlines()[-1].endswith("args=analyze sweep my.yaml --cell 7")
     del env["SLURM_ARRAY_TASK_ID"]
@@ -59,14 +65,19 @@ def cluster(tmp_path_factory):
 @pytest.mark.slurm
 def test_array_job_runs_one_cell_per_task(cluster, tmp_path):
     env_dir = stub_env(tmp_path)
-    cluster.sbatch(SCRIPT, "out_dir=y", options=("--array=0-2", "--cpus-per-task=1", "--time=5",
-                                                  f"--output={tmp_path}/t_%a.out"),
-                   cwd=REPO, env={"STUFFED_MAMBA_ENV": str(env_dir)})
+    cluster.sbatch(
+        SCRIPT,
+        "out_dir=y",
+        options=("--array=0-2", "--cpus-per-task=1", "--time=5", f"--output={tmp_path}/t_%a.out"),
+        cwd=REPO,
+        env={"STUFFED_MAMBA_ENV": str(env_dir)},
+    )
     outs = [tmp_path / f"t_{i}.out" for i in range(3)]
     deadline = time.monotonic() + 90
     while not all(o.exists() and "args=" in o.read_text() for o in outs):
         assert time.monotonic() < deadline, [o.read_text() if o.exists() else None for o in outs]
         time.sleep(0.5)
     for i, o in enumerate(outs):
-        assert (f"task={i} threads=1 args=analyze sweep recipes/sweeps/forget_threshold_cpu.yaml "
-                f"--cell {i} out_dir=y") in o.read_text()
+        assert (
+            f"task={i} threads=1 args=analyze sweep recipes/sweeps/forget_threshold_cpu.yaml --cell {i} out_dir=y"
+        ) in o.read_text()

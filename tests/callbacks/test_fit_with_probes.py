@@ -15,19 +15,41 @@ def _fit(run_dir: Path, probes: bool):
     from stuffed_mamba.training.fit import fit
 
     overrides = [
-        "model.d_model=32", "model.n_layer=2", "model.d_state=8", "model.headdim=8", "model.chunk_size=16",
-        f"data.source={ROOT / 'data' / 'sample'}", "data.tokenizer=bytes", "data.train_length=48",
-        "data.segments=2", "data.min_doc_tokens=256",
-        "optim.total_steps=20", "optim.warmup_steps=1", "trainer.max_steps=4", "trainer.enable_progress_bar=false",
-        f"run.dir={run_dir}", "run.checkpoint_every_n_steps=4",
+        "model.d_model=32",
+        "model.n_layer=2",
+        "model.d_state=8",
+        "model.headdim=8",
+        "model.chunk_size=16",
+        f"data.source={ROOT / 'data' / 'sample'}",
+        "data.tokenizer=bytes",
+        "data.train_length=48",
+        "data.segments=2",
+        "data.min_doc_tokens=256",
+        "optim.total_steps=20",
+        "optim.warmup_steps=1",
+        "trainer.max_steps=4",
+        "trainer.enable_progress_bar=false",
+        f"run.dir={run_dir}",
+        "run.checkpoint_every_n_steps=4",
         f"probes.enabled={str(probes).lower()}",
-        "probes.passkey.every_n_steps=2", "probes.passkey.lengths=[300,600]", "probes.passkey.samples=2",
-        "probes.passkey.last_r=[400]", "probes.passkey.max_new_tokens=3",
-        "probes.retention.every_n_steps=2", "probes.retention.length=192", "probes.retention.min_doc_tokens=1024",
-        "probes.states.every_n_steps=2", "probes.states.length=192", "probes.states.n_points=6",
-        "probes.position_loss.every_n_steps=2", "probes.position_loss.length=192", "probes.position_loss.samples=1",
-        "probes.position_loss.min_doc_tokens=1024", "probes.position_loss.buckets=6",
-        "probes.memory_lengths.every_n_steps=2", "probes.memory_lengths.length=300",
+        "probes.passkey.every_n_steps=2",
+        "probes.passkey.lengths=[300,600]",
+        "probes.passkey.samples=2",
+        "probes.passkey.last_r=[400]",
+        "probes.passkey.max_new_tokens=3",
+        "probes.retention.every_n_steps=2",
+        "probes.retention.length=192",
+        "probes.retention.min_doc_tokens=1024",
+        "probes.states.every_n_steps=2",
+        "probes.states.length=192",
+        "probes.states.n_points=6",
+        "probes.position_loss.every_n_steps=2",
+        "probes.position_loss.length=192",
+        "probes.position_loss.samples=1",
+        "probes.position_loss.min_doc_tokens=1024",
+        "probes.position_loss.buckets=6",
+        "probes.memory_lengths.every_n_steps=2",
+        "probes.memory_lengths.length=300",
     ]
     result = fit(load_recipe(None, overrides), log=lambda s: None)
     return result, torch.load(result.checkpoint, map_location="cpu", weights_only=False)
@@ -38,7 +60,7 @@ def same(a, b) -> bool:
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, torch.Tensor):
         return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
     if hasattr(a, "shape") and hasattr(a, "dtype"):  # numpy
@@ -91,15 +113,28 @@ def test_tensorboard_has_probe_scalars_images_and_layout(runs):
     acc.Reload()
     tags = acc.Tags()
     scalars = [t for t in tags["scalars"] if t.startswith("probes/")]
-    for tag in ("probes/passkey/acc/T=300", "probes/passkey/acc/T=600", "probes/passkey/T_recall",
-                "probes/passkey/acc_last_r/r=400", "probes/retention/max_alpha/t=48",
-                "probes/states/var_growth_max", "probes/position_loss/learned_to_forget",
-                "probes/position_loss/max_beyond", "probes/memory_lengths/tau_max",
-                "probes/memory_lengths/heads_beyond_train_length"):
+    for tag in (
+        "probes/passkey/acc/T=300",
+        "probes/passkey/acc/T=600",
+        "probes/passkey/T_recall",
+        "probes/passkey/acc_last_r/r=400",
+        "probes/retention/max_alpha/t=48",
+        "probes/states/var_growth_max",
+        "probes/position_loss/learned_to_forget",
+        "probes/position_loss/max_beyond",
+        "probes/memory_lengths/tau_max",
+        "probes/memory_lengths/heads_beyond_train_length",
+    ):
         assert tag in scalars, tag
         assert [e.step for e in acc.Scalars(tag)] == [2, 4]
-    assert set(tags["images"]) == {"probes/passkey/heatmap", "probes/passkey/last_r", "probes/retention/curves",
-                                   "probes/states/curves", "probes/position_loss/curve", "probes/memory_lengths/heads"}
+    assert set(tags["images"]) == {
+        "probes/passkey/heatmap",
+        "probes/passkey/last_r",
+        "probes/retention/curves",
+        "probes/states/curves",
+        "probes/position_loss/curve",
+        "probes/memory_lengths/heads",
+    }
     img = acc.Images("probes/passkey/heatmap")[-1]
     assert img.width > 100 and img.height > 100 and img.step == 4
 
@@ -124,15 +159,35 @@ def test_tensorboard_has_probe_scalars_images_and_layout(runs):
     assert not (base / "off" / "probes").exists()
 
 
-@pytest.mark.parametrize("argv,files", [
-    (["passkey", "--lengths", "300,600", "--samples", "2", "--max-new-tokens", "3", "--last-r", "400"],
-     ["passkey.json", "passkey.txt", "passkey_heatmap.png", "passkey_last_r.png"]),
-    (["retention", "--length", "192"], ["retention.json", "retention.txt", "retention_curves.png"]),
-    (["states", "--length", "192", "--points", "6"], ["states.json", "states.txt", "states_curves.png"]),
-    (["loss", "--length", "150", "--samples", "1", "--min-doc-tokens", "1024", "--buckets", "6",
-      "--intervention", "none", "--intervention", "longmamba:0.5"],
-     ["loss.json", "loss.txt", "loss_curve_none.png", "loss_curve_longmamba0.5.png"]),
-])
+@pytest.mark.parametrize(
+    "argv,files",
+    [
+        (
+            ["passkey", "--lengths", "300,600", "--samples", "2", "--max-new-tokens", "3", "--last-r", "400"],
+            ["passkey.json", "passkey.txt", "passkey_heatmap.png", "passkey_last_r.png"],
+        ),
+        (["retention", "--length", "192"], ["retention.json", "retention.txt", "retention_curves.png"]),
+        (["states", "--length", "192", "--points", "6"], ["states.json", "states.txt", "states_curves.png"]),
+        (
+            [
+                "loss",
+                "--length",
+                "150",
+                "--samples",
+                "1",
+                "--min-doc-tokens",
+                "1024",
+                "--buckets",
+                "6",
+                "--intervention",
+                "none",
+                "--intervention",
+                "longmamba:0.5",
+            ],
+            ["loss.json", "loss.txt", "loss_curve_none.png", "loss_curve_longmamba0.5.png"],
+        ),
+    ],
+)
 def test_eval_cli_on_the_runs_lightning_checkpoint(runs, tmp_path, capsys, argv, files):
     """Acceptance 7: the eval CLI on a real tiny Lightning checkpoint writes table, JSON and PNGs;
     the tokenizer, T_train and evaluation text come from the run's recipe.yaml."""

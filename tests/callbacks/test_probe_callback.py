@@ -7,7 +7,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
 from stuffed_mamba.callbacks import (
     PasskeyCallback,
     PositionLossCallback,
@@ -17,6 +16,7 @@ from stuffed_mamba.callbacks import (
     build_callbacks,
 )
 from stuffed_mamba.callbacks.base import ProbeCallback
+
 from stuffed_mamba.probes.registry import Context
 from tests.probes.conftest import ByteTok, make_tiny_lm
 
@@ -143,11 +143,20 @@ def test_each_probe_callback_runs_on_a_tiny_model(make, tmp_path):
 
 def test_build_callbacks_from_config():
     data = SimpleNamespace(train_length=128, source="nowhere", listing=None)
-    cbs = build_callbacks({"passkey": {"every_n_steps": 7}, "states": {"enabled": False}},
-                          tokenizer=ByteTok(), data_cfg=data, run_dir="/tmp/x")
+    cbs = build_callbacks(
+        {"passkey": {"every_n_steps": 7}, "states": {"enabled": False}},
+        tokenizer=ByteTok(),
+        data_cfg=data,
+        run_dir="/tmp/x",
+    )
     names = [type(c).__name__ for c in cbs]
-    assert names == ["PasskeyCallback", "RetentionCallback", "PositionLossCallback", "RegistryProbeCallback",
-                     "ForgettingDashboard"]
+    assert names == [
+        "PasskeyCallback",
+        "RetentionCallback",
+        "PositionLossCallback",
+        "RegistryProbeCallback",
+        "ForgettingDashboard",
+    ]
     assert cbs[0].every_n_steps == 7
     assert cbs[0].probe.lengths(cbs[0].cfg, cbs[0].ctx) == [512]  # T_train/2 .. 4 T_train, at least 512
     assert build_callbacks(ProbesConfig(enabled=False), tokenizer=None, data_cfg=data) == []

@@ -3,7 +3,6 @@ import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 from stuffed_mamba.data.mirror import write_documents, write_listing
 
 from .mirror import build_mirror, rec, text, write_corpus
@@ -21,6 +20,7 @@ def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     write_corpus(root)
     return root
+
 
 NOT_FOUND = "2023-06/0003/en_tail"  # exists on disk, but the server answers 404
 STALLS = "2023-06/0004/en_tail"  # the server answers only after the client's time-out

@@ -9,7 +9,6 @@ from collections import Counter
 from dataclasses import dataclass
 
 import torch
-
 from stuffed_mamba.data import build_dataloader
 
 
@@ -47,7 +46,7 @@ def stop_and_resume(cfg, n: int, k: int) -> Resumed:
 
 
 def same_episodes(a: list, b: list) -> bool:
-    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def rows(episodes) -> Counter:

@@ -13,7 +13,26 @@ from stuffed_mamba.data.mirror import document_record, write_documents, write_du
 
 MIN_TOKENS = 4096
 MAX_DOC_BYTES = 20_000
-WORDS = "the grass is green sky blue sun yellow here we go there and back again state forget remember".split()
+WORDS = [
+    "the",
+    "grass",
+    "is",
+    "green",
+    "sky",
+    "blue",
+    "sun",
+    "yellow",
+    "here",
+    "we",
+    "go",
+    "there",
+    "and",
+    "back",
+    "again",
+    "state",
+    "forget",
+    "remember",
+]
 
 
 def text(n_bytes: int, seed: int) -> str:

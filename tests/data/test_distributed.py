@@ -4,7 +4,6 @@ import os
 import socket
 
 import torch.multiprocessing as mp
-
 from stuffed_mamba.data import DataConfig, build_dataloader
 
 

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from stuffed_mamba.data import load_eval_sequences
 
 from .mirror import MIN_TOKENS

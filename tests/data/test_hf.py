@@ -10,14 +10,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-
-from stuffed_mamba.cli import main
 from stuffed_mamba.data import DataConfig, build_dataloader
 from stuffed_mamba.data.inspect import inspect_source
 
+from stuffed_mamba.cli import main
+
 from .hf_corpus import _write_jsonl, _write_parquet, build_json, build_parquet, write_hf_corpus
-from .mirror import MAX_DOC_BYTES, MIN_TOKENS, text
 from .loaders import rows, same_episodes, stop_and_resume
+from .mirror import MAX_DOC_BYTES, MIN_TOKENS, text
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,9 @@ def test_undecodable_and_non_text_rows_are_counted(tmp_path):
                             min_doc_tokens=1000)  # fmt: skip
     assert (counts["kept"], counts["bad_utf8"], counts["bad_content"], counts["tokens"]) == (1, 1, 1, 3000)
     # JSON rows of mixed types: datasets hands over what each row holds; non-text is bad_content
-    _write_jsonl(tmp_path / "mix" / "m.jsonl", [{"text": ok}, {"text": 12345}, {"text": ["a", "b"]}, {"text": {"x": 1}}])
+    _write_jsonl(
+        tmp_path / "mix" / "m.jsonl", [{"text": ok}, {"text": 12345}, {"text": ["a", "b"]}, {"text": {"x": 1}}]
+    )
     counts = inspect_source("hf://json", hf_data_files=str(tmp_path / "mix/*.jsonl"), tokenizer="bytes",
                             min_doc_tokens=1000)  # fmt: skip
     assert (counts["read"], counts["kept"], counts["bad_content"]) == (4, 1, 3)
@@ -228,6 +230,7 @@ def test_prepare_mirrors_an_hf_source_as_parquet(jsonl, tmp_path, capsys):
     files = {v: k for k, v in manifest["files"].items()}
     assert ids == [files[i.split("/")[0]] + "/" + i.split("/")[1] for i in jsonl.kept_ids]  # same rows
     assert counts == {**jsonl.counters, "shards_failed": 0}
+
     # the mirror trains like the source: the same token stream
     def tokens(source, files):
         cfg = DataConfig(source=source, hf_data_files=files, tokenizer="bytes", min_doc_tokens=MIN_TOKENS,

@@ -45,4 +45,4 @@ def test_loader_over_http_matches_the_local_mirror(http_mirror, mirror):
     remote = episodes(http_mirror["url"], mirror.listing)
     local = episodes(str(mirror.root), mirror.listing)
     assert len(remote) == len(local) > 0
-    assert all((a == b).all() for a, b in zip(remote, local))
+    assert all((a == b).all() for a, b in zip(remote, local, strict=True))

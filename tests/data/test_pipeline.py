@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from stuffed_mamba.data import DataConfig, build_dataloader
 from stuffed_mamba.data.inspect import inspect_source
 from stuffed_mamba.data.packer import Packer

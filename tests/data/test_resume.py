@@ -1,9 +1,8 @@
 """Acceptance 4: a pipeline restored from a state continues exactly like an uninterrupted one."""
 
-
 import pytest
-
 from stuffed_mamba.data import DataConfig, build_dataloader
+
 from tests.data.loaders import same_episodes, stop_and_resume
 
 

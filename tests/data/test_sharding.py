@@ -4,6 +4,7 @@ import itertools
 
 from stuffed_mamba.data import DataConfig, build_dataloader
 from stuffed_mamba.data.dataset import EpisodeDataset
+
 from tests.data.loaders import rows
 
 

@@ -6,9 +6,9 @@ import itertools
 import numpy as np
 import pytest
 import torch
-
 from stuffed_mamba.data import DataConfig, build_dataloader, load_tokenizer
 from stuffed_mamba.data.synthetic import PasskeyMixer, answer_text
+
 from stuffed_mamba.probes.passkey import QUESTION, build_prompt
 from tests.data.loaders import same_episodes, stop_and_resume
 
@@ -35,12 +35,15 @@ def test_documents_are_the_probes_prompt_followed_by_the_answer():
         key, doc = mixer.document(i)
         answer = tok.encode(answer_text(key))
         assert len(doc) <= max(LENGTHS) and len(key) == 5 and key.isdigit()
-        assert doc[-len(answer):].tolist() == answer
+        assert doc[-len(answer) :].tolist() == answer
         prompt = doc[: -len(answer)].tolist()
         assert tok.decode(prompt).endswith(QUESTION) and f"The passkey is {key}." in tok.decode(prompt)
         depth_free = [build_prompt(tok, n - len(answer), d / 20, key) for n in LENGTHS for d in range(21)]
         assert prompt in depth_free  # the probe's own builder made it
-    assert mixer.document(3)[1].tolist() == PasskeyMixer(tok, fraction=0.5, lengths=LENGTHS, seed=1, lane=0).document(3)[1].tolist()
+    assert (
+        mixer.document(3)[1].tolist()
+        == PasskeyMixer(tok, fraction=0.5, lengths=LENGTHS, seed=1, lane=0).document(3)[1].tolist()
+    )
     assert mixer.document(3)[0] != PasskeyMixer(tok, fraction=0.5, lengths=LENGTHS, seed=1, lane=1).document(3)[0]
 
 
@@ -51,7 +54,7 @@ def test_the_stream_carries_the_asked_fraction_of_passkey_tokens(corpus):
     for row in range(cfg.batch_size):
         toks = np.array(_stream_text(eps, row))
         cuts = np.flatnonzero(toks == tok.eos_id)
-        docs = [tok.decode(toks[a + 1 : b]) for a, b in zip(cuts[:-1], cuts[1:])]  # whole documents only
+        docs = [tok.decode(toks[a + 1 : b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]  # whole documents only
         synthetic = [d for d in docs if d.startswith("There is important info")]
         assert synthetic and all(d.endswith(".") and d.rstrip(".")[-5:].isdigit() for d in synthetic)
         share = sum(len(d) for d in synthetic) / sum(len(d) for d in docs)

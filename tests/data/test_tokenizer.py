@@ -1,8 +1,6 @@
 """load_tokenizer (contract) and path resolution of the defaults."""
 
-
 import pytest
-
 from stuffed_mamba.data import DataConfig, load_tokenizer
 from stuffed_mamba.data.paths import resolve_local
 

@@ -25,7 +25,7 @@ def forward_backward(model: Mamba2LM, ids, state0: ModelState, d_logits, d_state
     out = model(ids, state=state)
     final = state_leaves(out.state)
     loss = (out.logits.float() * d_logits).sum()
-    for t, d in zip(final, d_state):
+    for t, d in zip(final, d_state, strict=True):
         loss = loss + (t.float() * d).sum()
     loss.backward()
     grads = {n: p.grad.float() for n, p in model.named_parameters()}
@@ -50,7 +50,7 @@ def bf16_errors(config: Mamba2Config, device, T: int, batch: int) -> dict[str, d
         model.to(torch.bfloat16)
         logits, states, grads = forward_backward(model, ids, state0.to(dtype=torch.bfloat16), d_logits, d_state)
         e = {"logits": rel_err(logits, l32)}
-        e.update({f"final state{i}": rel_err(a, b) for i, (a, b) in enumerate(zip(states, s32))})
+        e.update({f"final state{i}": rel_err(a, b) for i, (a, b) in enumerate(zip(states, s32, strict=True))})
         e.update({f"grad {n}": rel_err(grads[n], g32[n]) for n in g32})
         errors[name] = e
     return errors

@@ -19,9 +19,7 @@ def ssd_naive(x, dt, A, B, C, D=None, initial_state=None):
     ys = []
     for t in range(T):
         alpha = torch.exp(dt[:, t] * A)  # [b, h]
-        state = alpha[:, :, None, None] * state + torch.einsum(
-            "bh,bhp,bhn->bhpn", dt[:, t], x[:, t], Bh[:, t]
-        )
+        state = alpha[:, :, None, None] * state + torch.einsum("bh,bhp,bhn->bhpn", dt[:, t], x[:, t], Bh[:, t])
         y = torch.einsum("bhpn,bhn->bhp", state, Ch[:, t])
         if D is not None:
             y = y + D[:, None] * x[:, t]

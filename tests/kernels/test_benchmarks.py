@@ -28,8 +28,9 @@ def test_flop_count_matches_torch_flop_counter(bench, ngroups, headdim):
     and einsums; the depthwise conv is not a matmul, so its term is added to the counter's total)."""
     from stuffed_mamba.ops.ssd import TORCH_BLOCK_LEN
 
-    c = Mamba2Config(d_model=64, n_layer=2, vocab_size=1000, d_state=16, headdim=headdim, ngroups=ngroups,
-                     chunk_size=TORCH_BLOCK_LEN)
+    c = Mamba2Config(
+        d_model=64, n_layer=2, vocab_size=1000, d_state=16, headdim=headdim, ngroups=ngroups, chunk_size=TORCH_BLOCK_LEN
+    )
     model = Mamba2LM(c)
     T = 4 * TORCH_BLOCK_LEN
     with FlopCounterMode(display=False) as counter, torch.no_grad():

@@ -9,7 +9,9 @@ import pytest
 
 from stuffed_mamba.training import doctor
 
-pytestmark = pytest.mark.slow  # a forward and backward of two models under the interpreter: 80-100 s each on the loaded CPU
+pytestmark = (
+    pytest.mark.slow
+)  # a forward and backward of two models under the interpreter: 80-100 s each on the loaded CPU
 
 
 def _context(backend: str) -> doctor.Context:

@@ -55,7 +55,7 @@ def test_fp32_parity_on_gpu(backend, monkeypatch):
     lr, sr, gr = forward_backward(ref, ids, state0, d_logits, d_state)
     lk, sk, gk = forward_backward(kern, ids, state0, d_logits, d_state)
     assert rel_err(lk, lr) < GPU_FP32_TOL
-    for a, b in zip(sk, sr):
+    for a, b in zip(sk, sr, strict=True):
         assert rel_err(a, b) < GPU_FP32_TOL
     for name in gr:
         assert rel_err(gk[name], gr[name]) < GPU_FP32_TOL, name
@@ -87,5 +87,7 @@ def test_causal_conv1d_kernel_path(backend, T):
         ((y * dy).sum() + (hT * dh).sum()).backward()
         return [y, hT] + [t.grad for t in leaves]
 
-    for got, want, name in zip(run(backend.causal_conv1d), run(torch_conv), ["y", "hT", "dx", "dw", "db", "dh0"]):
+    for got, want, name in zip(
+        run(backend.causal_conv1d), run(torch_conv), ["y", "hT", "dx", "dw", "db", "dh0"], strict=True
+    ):
         assert rel_err(got, want) < 1e-4, name

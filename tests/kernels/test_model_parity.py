@@ -51,7 +51,7 @@ def _compare(ref_model, kern_model, ids, state0):
     logits_k, final_k, grads_k = forward_backward(kern_model, ids, state0, d_logits, d_state)
 
     errors = {"logits": rel_err(logits_k, logits_r)}
-    for i, (a, b) in enumerate(zip(final_k, final_r)):
+    for i, (a, b) in enumerate(zip(final_k, final_r, strict=True)):
         errors[f"final {'conv' if i % 2 == 0 else 'ssm'} state {i // 2}"] = rel_err(a, b)
     for name in grads_r:
         errors[f"grad {name}"] = rel_err(grads_k[name], grads_r[name])
@@ -117,7 +117,7 @@ def test_pieces_and_step_on_the_kernel_backend(mamba_kernels):
             logits, state = kern.step(ids[:, t], state)
             pieces.append(logits[:, None])
     assert rel_err(torch.cat(pieces, dim=1), whole.logits) < 1e-4
-    for got, want in zip(state.layers, whole.state.layers):
+    for got, want in zip(state.layers, whole.state.layers, strict=True):
         assert got.ssm.dtype == want.ssm.dtype == torch.float32
         assert rel_err(got.ssm, want.ssm) < 1e-4 and rel_err(got.conv, want.conv) < 1e-6
 
@@ -146,7 +146,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(mamba_kernels, backend)
         model.zero_grad(set_to_none=True)
         state = state0.map(lambda t: t.clone().requires_grad_())
         out = model(ids, state=state, labels=labels)
-        loss = out.loss + sum((t * d).sum() for t, d in zip(state_leaves(out.state), d_state))
+        loss = out.loss + sum((t * d).sum() for t, d in zip(state_leaves(out.state), d_state, strict=True))
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters()}
         grads.update({f"state{i}": t.grad for i, t in enumerate(state_leaves(state))})

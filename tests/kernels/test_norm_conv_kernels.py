@@ -24,7 +24,7 @@ def test_gated_rmsnorm_forward_and_backward(mamba_kernels):
     ref = gated_rmsnorm_ref(*ref_in, eps=1e-5, group_size=group)
     (ref * dout.double()).sum().backward()
     assert rel_err(out, ref) < 1e-5
-    for name, t, r in zip("yzw", (y, z, w), ref_in):
+    for name, t, r in zip("yzw", (y, z, w), ref_in, strict=True):
         err = rel_err(t.grad, r.grad)
         assert err < 1e-4, f"d{name}: rel err {err:.2e}"
 
@@ -61,7 +61,7 @@ def _check_conv(conv, T):
     ((y_ref * dy.double()).sum() + (hT_ref * dhT.double()).sum()).backward()
     assert rel_err(y, y_ref) < 1e-5
     assert rel_err(hT, hT_ref) < 1e-6
-    for name, t, r in zip(["x", "weight", "bias", "initial_state"], leaves, ref_in):
+    for name, t, r in zip(["x", "weight", "bias", "initial_state"], leaves, ref_in, strict=True):
         err = rel_err(t.grad, r.grad)
         assert err < 1e-5, f"d{name}: rel err {err:.2e}"
 

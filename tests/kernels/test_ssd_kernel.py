@@ -77,9 +77,7 @@ def test_gradients_match_naive(mamba_kernels):
 def test_without_initial_state_or_D_starts_from_zero(mamba_kernels):
     """initial_state=None means h_0 = 0 (a fresh sequence); D=None means no skip term."""
     inp = _inputs(b=1, T=20)
-    y, hT = mamba_kernels.ssd(
-        inp["x"], inp["dt"], inp["A"], inp["B"], inp["C"], chunk_size=16
-    )
+    y, hT = mamba_kernels.ssd(inp["x"], inp["dt"], inp["A"], inp["B"], inp["C"], chunk_size=16)
     d = {k: v.double() for k, v in inp.items() if k not in ("D", "initial_state")}
     y_ref, hT_ref = ssd_naive(**d)
     assert rel_err(y, y_ref) < 1e-5
@@ -118,7 +116,7 @@ def test_first_autotune_configs_too(mamba_kernels):
     changed = [k for k in configs["first"] if configs["first"][k] != configs["smallest"].get(k)]
     print(f"\n{len(changed)} of {len(configs['first'])} autotuned kernels ran another config")
     assert len(changed) >= 5, configs  # the forward and backward kernels really ran other tiles
-    for a, b in zip(results["first"], results["smallest"]):
+    for a, b in zip(results["first"], results["smallest"], strict=True):
         assert rel_err(a, b) < 1e-5
 
 
@@ -130,8 +128,17 @@ def test_bf16_inputs_give_an_fp32_final_state_unrounded(mamba_kernels):
 
     inp = {k: v.bfloat16() for k, v in _inputs(b=1, T=40).items()}
     inp["A"], inp["D"], inp["initial_state"] = inp["A"].float(), inp["D"].float(), inp["initial_state"].float()
-    _, hT = mamba_chunk_scan_combined(inp["x"], inp["dt"], inp["A"], inp["B"], inp["C"], 16, D=inp["D"],
-                                      initial_states=inp["initial_state"], return_final_states=True)
+    _, hT = mamba_chunk_scan_combined(
+        inp["x"],
+        inp["dt"],
+        inp["A"],
+        inp["B"],
+        inp["C"],
+        16,
+        D=inp["D"],
+        initial_states=inp["initial_state"],
+        return_final_states=True,
+    )
     assert hT.dtype == torch.float32
     on_bf16_grid = (hT == hT.bfloat16().float()).float().mean().item()
     assert on_bf16_grid < 0.1, on_bf16_grid

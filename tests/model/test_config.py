@@ -15,19 +15,33 @@ def test_derived_sizes_of_370m():
 
 def test_from_mamba_ssm_official_config_json():
     # the config.json of state-spaces/mamba2-370m
-    raw = {"d_model": 1024, "d_intermediate": 0, "n_layer": 48, "vocab_size": 50277,
-           "ssm_cfg": {"layer": "Mamba2"}, "attn_layer_idx": [], "attn_cfg": {}, "rms_norm": True,
-           "residual_in_fp32": True, "fused_add_norm": True, "pad_vocab_size_multiple": 16, "tie_embeddings": True}
+    raw = {
+        "d_model": 1024,
+        "d_intermediate": 0,
+        "n_layer": 48,
+        "vocab_size": 50277,
+        "ssm_cfg": {"layer": "Mamba2"},
+        "attn_layer_idx": [],
+        "attn_cfg": {},
+        "rms_norm": True,
+        "residual_in_fp32": True,
+        "fused_add_norm": True,
+        "pad_vocab_size_multiple": 16,
+        "tie_embeddings": True,
+    }
     c = Mamba2Config.from_mamba_ssm(raw)
     assert (c.d_model, c.n_layer, c.d_state, c.headdim, c.vocab_size_padded) == (1024, 48, 128, 64, 50288)
     assert Mamba2Config.from_mamba_ssm(c.to_mamba_ssm()) == c
 
 
-@pytest.mark.parametrize("kw, msg", [
-    (dict(d_model=30, headdim=64), "not a multiple of headdim"),
-    (dict(d_model=64, headdim=32, ngroups=3), "not a multiple of ngroups"),
-    (dict(d_model=0), "d_model must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        (dict(d_model=30, headdim=64), "not a multiple of headdim"),
+        (dict(d_model=64, headdim=32, ngroups=3), "not a multiple of ngroups"),
+        (dict(d_model=0), "d_model must be >= 1"),
+    ],
+)
 def test_impossible_configs_are_one_line_errors(kw, msg):
     with pytest.raises(ValueError, match=msg):
         Mamba2Config(**kw)

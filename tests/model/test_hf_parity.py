@@ -12,9 +12,20 @@ transformers = pytest.importorskip("transformers")
 def _random_hf_model(ngroups, tie=True):
     from transformers import Mamba2Config, Mamba2ForCausalLM
 
-    hc = Mamba2Config(vocab_size=96, hidden_size=32, num_hidden_layers=2, state_size=8, head_dim=8, num_heads=8,
-                      expand=2, n_groups=ngroups, chunk_size=16, conv_kernel=4, tie_word_embeddings=tie,
-                      layer_norm_epsilon=1e-5)
+    hc = Mamba2Config(
+        vocab_size=96,
+        hidden_size=32,
+        num_hidden_layers=2,
+        state_size=8,
+        head_dim=8,
+        num_heads=8,
+        expand=2,
+        n_groups=ngroups,
+        chunk_size=16,
+        conv_kernel=4,
+        tie_word_embeddings=tie,
+        layer_norm_epsilon=1e-5,
+    )
     torch.manual_seed(0)
     model = Mamba2ForCausalLM(hc).eval()
     with torch.no_grad():

@@ -32,17 +32,33 @@ def hub_cache(tmp_path_factory):
 
 def run(hub_cache, *argv):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub_cache)}
-    return subprocess.run([sys.executable, "-m", "stuffed_mamba", *argv], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "stuffed_mamba", *argv], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 @pytest.mark.slow  # a subprocess fit: ~50 s on the shared machine
 def test_fit_from_a_hub_name_offline(hub_cache, tmp_path):
-    r = run(hub_cache, "fit", "recipes/tiny_cpu.yaml", "model.init_from=tiny/mamba2-tiny", "model.d_model=null",
-            "model.n_layer=null", "model.d_state=null", "model.headdim=null", "model.chunk_size=16",
-            "data.tokenizer=bytes", "data.segments=2", "data.train_length=16", "data.batch_size=2",
-            "optim.total_steps=4", "optim.warmup_steps=1", "probes.enabled=false", "trainer.enable_progress_bar=false",
-            f"run.dir={tmp_path / 'run'}")
+    r = run(
+        hub_cache,
+        "fit",
+        "recipes/tiny_cpu.yaml",
+        "model.init_from=tiny/mamba2-tiny",
+        "model.d_model=null",
+        "model.n_layer=null",
+        "model.d_state=null",
+        "model.headdim=null",
+        "model.chunk_size=16",
+        "data.tokenizer=bytes",
+        "data.segments=2",
+        "data.train_length=16",
+        "data.batch_size=2",
+        "optim.total_steps=4",
+        "optim.warmup_steps=1",
+        "probes.enabled=false",
+        "trainer.enable_progress_bar=false",
+        f"run.dir={tmp_path / 'run'}",
+    )
     assert r.returncode == 0, r.stderr
     assert "init from tiny/mamba2-tiny" in r.stdout
     ckpt = torch.load(tmp_path / "run/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
@@ -51,17 +67,46 @@ def test_fit_from_a_hub_name_offline(hub_cache, tmp_path):
 
 def test_eval_of_a_hub_name_offline(hub_cache, tmp_path):
     out = tmp_path / "eval"
-    r = run(hub_cache, "eval", "states", "--checkpoint", "tiny/mamba2-tiny", "--tokenizer", "bytes",
-            "--train-length", "64", "--length", "128", "--points", "4", "--out", str(out), "--no-progress",
-            "--device", "cpu")
+    r = run(
+        hub_cache,
+        "eval",
+        "states",
+        "--checkpoint",
+        "tiny/mamba2-tiny",
+        "--tokenizer",
+        "bytes",
+        "--train-length",
+        "64",
+        "--length",
+        "128",
+        "--points",
+        "4",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--device",
+        "cpu",
+    )
     assert r.returncode == 0, r.stderr
     payload = json.loads((out / "states.json").read_text())
     assert payload["checkpoint"].endswith(f"snapshots/{SHA}")
 
 
 def test_an_unknown_hub_name_offline_is_one_line(hub_cache, tmp_path):
-    r = run(hub_cache, "eval", "states", "--checkpoint", "nobody/no-such-model", "--tokenizer", "bytes",
-            "--train-length", "64", "--out", str(tmp_path / "o"), "--no-progress")
+    r = run(
+        hub_cache,
+        "eval",
+        "states",
+        "--checkpoint",
+        "nobody/no-such-model",
+        "--tokenizer",
+        "bytes",
+        "--train-length",
+        "64",
+        "--out",
+        str(tmp_path / "o"),
+        "--no-progress",
+    )
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert "nobody/no-such-model" in lines[0] and "HF_HUB_OFFLINE" in lines[0]

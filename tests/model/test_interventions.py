@@ -11,8 +11,9 @@ def _mixer_out_from_y(mixer, y, x, z):
     """The mixer's tail (skip D, gated norm, out_proj) applied to scan outputs y [B,T,H,P]."""
     c = mixer.config
     y = y + x * mixer.D[:, None]
-    y = mixer.ops.gated_rmsnorm(y.reshape(*y.shape[:2], c.d_inner), z, mixer.norm.weight, eps=mixer.norm.eps,
-                                group_size=mixer.norm.group_size)
+    y = mixer.ops.gated_rmsnorm(
+        y.reshape(*y.shape[:2], c.d_inner), z, mixer.norm.weight, eps=mixer.norm.eps, group_size=mixer.norm.group_size
+    )
     return mixer.out_proj(y)
 
 
@@ -29,7 +30,8 @@ def _recurrence(x, Delta, A, B, C, alpha_scale=1.0, window=None):
         for i in range(lo, t + 1):
             alpha = alpha_scale * torch.exp(Delta[:, i].double() * A.double())
             state = alpha[..., None, None] * state + torch.einsum(
-                "bh,bhp,bhn->bhpn", Delta[:, i].double(), x[:, i].double(), Bh[:, i].double())
+                "bh,bhp,bhn->bhpn", Delta[:, i].double(), x[:, i].double(), Bh[:, i].double()
+            )
         ys.append(torch.einsum("bhpn,bhn->bhp", state, Ch[:, t].double()))
     return torch.stack(ys, 1).float()
 

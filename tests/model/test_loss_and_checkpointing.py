@@ -38,9 +38,13 @@ def test_gradient_checkpointing_gives_the_same_gradients_with_a_state(tiny_model
         s = state.map(lambda t: t.clone().requires_grad_())
         out = tiny_model(ids, state=s, labels=labels)
         (out.loss + sum(l.ssm.sum() * 1e-3 for l in out.state.layers)).backward()
-        grads.append(({n: p.grad.clone() for n, p in tiny_model.named_parameters()},
-                      [l.ssm.grad.clone() for l in s.layers] + [l.conv.grad.clone() for l in s.layers]))
+        grads.append(
+            (
+                {n: p.grad.clone() for n, p in tiny_model.named_parameters()},
+                [l.ssm.grad.clone() for l in s.layers] + [l.conv.grad.clone() for l in s.layers],
+            )
+        )
     for n in grads[0][0]:
         assert rel_err(grads[1][0][n], grads[0][0][n]) < 1e-6, n
-    for a, b in zip(grads[1][1], grads[0][1]):
+    for a, b in zip(grads[1][1], grads[0][1], strict=True):
         assert rel_err(a, b) < 1e-6

@@ -22,7 +22,7 @@ def _official_folder(tmp_path, model, fmt):
 @pytest.mark.parametrize("fmt", ["bin", "safetensors"])
 def test_official_folder_round_trip_is_bit_exact(tmp_path, tiny_model, fmt):
     loaded = Mamba2LM.from_pretrained(_official_folder(tmp_path, tiny_model, fmt))
-    for (k, a), (k2, b) in zip(tiny_model.state_dict().items(), loaded.state_dict().items()):
+    for (k, a), (k2, b) in zip(tiny_model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(a, b), k
     assert loaded.lm_head.weight is loaded.backbone.embedding.weight
 
@@ -41,7 +41,10 @@ def test_missing_and_unexpected_keys_are_named(tmp_path, tiny_model):
     del sd["backbone.layers.1.mixer.D"]
     sd["backbone.layers.1.mixer.extra"] = torch.zeros(1)
     torch.save(sd, folder / "pytorch_model.bin")
-    with pytest.raises(ValueError, match=r"missing keys \['backbone.layers.1.mixer.D'\].*unexpected keys \['backbone.layers.1.mixer.extra'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"missing keys \['backbone.layers.1.mixer.D'\].*unexpected keys \['backbone.layers.1.mixer.extra'\]",
+    ):
         Mamba2LM.from_pretrained(folder)
 
 

@@ -7,7 +7,7 @@ from tests.helpers import rel_err
 
 
 def _assert_states_close(s, ref, tol):
-    for a, b in zip(s.layers, ref.layers):
+    for a, b in zip(s.layers, ref.layers, strict=True):
         assert rel_err(a.conv, b.conv) < tol
         assert rel_err(a.ssm, b.ssm) < tol
 

@@ -1,10 +1,11 @@
 """Chunked SSD vs. the naive per-step recurrence vs. mamba_ssm's ssd_minimal_discrete."""
 
+import importlib
+
 import pytest
 import torch
 from einops import repeat
 
-import importlib
 from stuffed_mamba.ops import ssd, ssd_step
 from stuffed_mamba.ops.naive import ssd_naive
 from tests.helpers import rel_err
@@ -61,7 +62,7 @@ def test_gradients_match_naive_including_initial_state():
     x, dt, A, B, C, D, h0 = ins_ref
     y, hT = ssd_naive(x, dt, A, B, C, D=D, initial_state=h0)
     ((y * dy).sum() + (hT * dh).sum()).backward()
-    for name, a, b in zip("x dt A B C D h0".split(), ins, ins_ref):
+    for name, a, b in zip(["x", "dt", "A", "B", "C", "D", "h0"], ins, ins_ref, strict=True):
         assert rel_err(a.grad, b.grad) < 1e-4, name
 
 
@@ -73,7 +74,9 @@ def test_matches_mamba_ssm_ssd_minimal_discrete():
     y, hT = ssd(x, dt, A, B, C, chunk_size=64, initial_state=h0)  # 96 is not a multiple of our block
     Bh = repeat(B, "b l g n -> b l (g r) n", r=h // g)
     Ch = repeat(C, "b l g n -> b l (g r) n", r=h // g)
-    y_ref, hT_ref = ref.ssd_minimal_discrete(x * dt[..., None], A * dt, Bh, Ch, block_len=32, initial_states=h0[:, None])
+    y_ref, hT_ref = ref.ssd_minimal_discrete(
+        x * dt[..., None], A * dt, Bh, Ch, block_len=32, initial_states=h0[:, None]
+    )
     assert rel_err(y, y_ref) < 1e-5
     assert rel_err(hT, hT_ref) < 1e-5
 
@@ -93,7 +96,7 @@ def test_gradients_match_ssd_minimal_discrete():
     Ch = repeat(C, "b l g n -> b l (g r) n", r=h // g)
     y, hT = ref.ssd_minimal_discrete(x * dt[..., None], A * dt, Bh, Ch, block_len=32, initial_states=h0[:, None])
     ((y * dy).sum() + hT.square().sum()).backward()
-    for name, a, r in zip("x dt A B C h0".split(), ins, ins_ref):
+    for name, a, r in zip(["x", "dt", "A", "B", "C", "h0"], ins, ins_ref, strict=True):
         assert rel_err(a.grad, r.grad) < 1e-4, name
 
 
@@ -106,7 +109,6 @@ def test_step_equals_scan():
         ys.append(yt)
     assert rel_err(torch.stack(ys, 1), y) < 1e-5
     assert rel_err(state, hT) < 1e-5
-
 
 
 def long_memory_inputs(b, T, h=4, p=4, g=2, n=8):
@@ -130,8 +132,9 @@ def ssd_minimal_any_length(x, dt, A, B, C, *, D, initial_state, block_len):
     pad = lambda t: torch.nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, (-T) % block_len))
     r = h // B.shape[2]
     Bh, Ch = (repeat(pad(t), "b l g n -> b l (g r) n", r=r) for t in (B, C))
-    y, hT = ref.ssd_minimal_discrete(pad(x * dt[..., None]), pad(A * dt), Bh, Ch, block_len=block_len,
-                                     initial_states=initial_state[:, None])
+    y, hT = ref.ssd_minimal_discrete(
+        pad(x * dt[..., None]), pad(A * dt), Bh, Ch, block_len=block_len, initial_states=initial_state[:, None]
+    )
     return y[:, :T] + x * D[:, None], hT
 
 
@@ -157,7 +160,7 @@ def test_long_sequences_with_all_gradients(T, blocks_per_level, monkeypatch):
     (y, hT, grads), (y_ref, hT_ref, grads_ref) = outs
     assert rel_err(y, y_ref) < 1e-5
     assert rel_err(hT, hT_ref) < 1e-5
-    for name, a, r in zip("x dt A B C D h0".split(), grads, grads_ref):
+    for name, a, r in zip(["x", "dt", "A", "B", "C", "D", "h0"], grads, grads_ref, strict=True):
         assert rel_err(a, r) < 1e-4, name
     # the initial state still reaches the end of the sequence, so its gradient is a real test
     assert grads_ref[-1].abs().max() > 0.1 * dh.abs().max()

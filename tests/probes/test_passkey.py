@@ -42,7 +42,9 @@ def test_prompt_is_appendix_b1_within_budget_needle_at_depth(request, tok_name, 
     # the needle sits after round(depth * n) of the n filler paragraphs
     assert body.index(paper_needle(key)) == round(depth * n)
     # the largest such prompt: one more filler paragraph would not fit
-    one_more = tok.encode("\n\n".join([PAPER_INSTRUCTION, *[PAPER_FILLER] * (n + 1), paper_needle(key), PAPER_QUESTION]))
+    one_more = tok.encode(
+        "\n\n".join([PAPER_INSTRUCTION, *[PAPER_FILLER] * (n + 1), paper_needle(key), PAPER_QUESTION])
+    )
     assert len(one_more) > T
 
 
@@ -98,8 +100,9 @@ def test_evaluate_passkey_bookkeeping(byte_tok, tiny_lm, monkeypatch):
 
     monkeypatch.setattr(pk, "greedy_continuation", fake_continuation)
     seen = []
-    res = evaluate_passkey(tiny_lm, byte_tok, [1024, 2048], samples=4, generator=torch.Generator().manual_seed(3),
-                           progress=seen.append)
+    res = evaluate_passkey(
+        tiny_lm, byte_tok, [1024, 2048], samples=4, generator=torch.Generator().manual_seed(3), progress=seen.append
+    )
     assert len(res.trials) == len(seen) == 8 and res.complete
     acc = res.accuracy()
     assert list(acc) == [1024, 2048]
@@ -126,8 +129,9 @@ def test_t_recall_is_longest_length_at_95_percent():
     def trials(T, hits, n=20):
         return [PasskeyTrial(T, i / n, "12345", T, 0, "", i < hits) for i in range(n)]
 
-    res = PasskeyResult([1024, 2048, 4096, 8192], 20, trials(1024, 20) + trials(2048, 19) + trials(4096, 18)
-                        + trials(8192, 0))
+    res = PasskeyResult(
+        [1024, 2048, 4096, 8192], 20, trials(1024, 20) + trials(2048, 19) + trials(4096, 18) + trials(8192, 0)
+    )
     assert res.accuracy_by_length() == {1024: 1.0, 2048: 0.95, 4096: 0.9, 8192: 0.0}
     assert res.t_recall() == 2048
     js = res.to_json(last_r=[1024])

@@ -66,9 +66,9 @@ def test_log_buckets_cover_every_position_once():
     assert centres == sorted(centres) and centres[0] == 1
     # weight each bucket's mean by its size: recovers the total
     edges = torch.logspace(0, math.log10(1001), 13, dtype=torch.float64).floor().long().tolist()
-    sizes = [hi - lo for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
+    sizes = [hi - lo for lo, hi in zip(edges[:-1], edges[1:], strict=True) if hi > lo]
     assert sum(sizes) == 1000
-    assert abs(sum(m * s for m, s in zip(means, sizes)) - loss.sum().item()) < 1e-3
+    assert abs(sum(m * s for m, s in zip(means, sizes, strict=True)) - loss.sum().item()) < 1e-3
 
 
 def test_loss_summary():

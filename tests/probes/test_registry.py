@@ -29,6 +29,7 @@ def test_memory_lengths_match_the_retention_of_a_short_text():
 
 def test_every_probe_is_in_the_callbacks_the_eval_cli_and_sweeps(tmp_path):
     from stuffed_mamba.callbacks import build_callbacks
+
     from stuffed_mamba.cli import build_parser
     from stuffed_mamba.sweep.recipe import EvalConfig
     from stuffed_mamba.training.config import RecipeConfig
@@ -64,8 +65,23 @@ def test_the_example_probe_through_the_eval_cli(tmp_path, capsys):
     folder = tmp_path / "ckpt"
     make_tiny_lm().save_pretrained(folder)
     out = tmp_path / "out"
-    rc = main(["eval", "memory-lengths", "--checkpoint", str(folder), "--tokenizer", "bytes", "--train-length", "64",
-               "--length", "300", "--out", str(out), "--no-progress"])
+    rc = main(
+        [
+            "eval",
+            "memory-lengths",
+            "--checkpoint",
+            str(folder),
+            "--tokenizer",
+            "bytes",
+            "--train-length",
+            "64",
+            "--length",
+            "300",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     js = json.loads((out / "memory-lengths.json").read_text())
     assert js["tau_min"] <= js["tau_median"] <= js["tau_max"]

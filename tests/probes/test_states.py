@@ -31,7 +31,7 @@ def test_prefill_state_equals_forward_state(tiny_lm, chunk):
     with torch.no_grad():
         ref = tiny_lm(ids).state
     got = prefill(tiny_lm, ids, chunk_size=chunk)
-    for a, b in zip(got.layers, ref.layers):
+    for a, b in zip(got.layers, ref.layers, strict=True):
         assert rel_err(a.ssm, b.ssm) < 1e-5 and rel_err(a.conv, b.conv) < 1e-5
 
 

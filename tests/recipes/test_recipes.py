@@ -67,8 +67,10 @@ def test_256k_recipes_build_at_tiny_size(size, fmt, tmp_path):
     """The recipe as written, with a tiny official-format (or transformers) checkpoint as init_from."""
     tiny = Mamba2LM(Mamba2Config(d_model=32, n_layer=2, vocab_size=304, d_state=16, headdim=16, chunk_size=16))
     tiny.save_pretrained(tmp_path / "ckpt", format=fmt)
-    cfg = load_recipe(f"recipes/mamba2_{size}_256k.yaml",
-                      [f"model.init_from={tmp_path / 'ckpt'}", "model.backend=torch", "data.tokenizer=bytes"])
+    cfg = load_recipe(
+        f"recipes/mamba2_{size}_256k.yaml",
+        [f"model.init_from={tmp_path / 'ckpt'}", "model.backend=torch", "data.tokenizer=bytes"],
+    )
 
     class Bytes:
         vocab_size = 257
@@ -101,8 +103,14 @@ def test_startup_report_warns_below_the_forgetting_threshold(tmp_path):
 def test_scratch_recipes_state_size_comment(recipe):
     cfg = load_recipe(recipe)
     m = cfg.model
-    config = Mamba2Config(d_model=m.d_model, n_layer=m.n_layer, vocab_size=m.vocab_size,
-                          d_state=m.d_state, headdim=m.headdim, expand=m.expand)
+    config = Mamba2Config(
+        d_model=m.d_model,
+        n_layer=m.n_layer,
+        vocab_size=m.vocab_size,
+        d_state=m.d_state,
+        headdim=m.headdim,
+        expand=m.expand,
+    )
     stated = re.search(r"N_S = ([\d,]+) floats", Path(recipe).read_text())
     assert stated, "the recipe states its N_S"
     assert int(stated.group(1).replace(",", "")) == config.state_size

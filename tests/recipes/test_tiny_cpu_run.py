@@ -14,9 +14,19 @@ from tests.training.common import scalars
 def fit_cli(run_dir, *overrides, timeout=900):
     t0 = time.monotonic()
     r = subprocess.run(
-        [sys.executable, "-m", "stuffed_mamba", "fit", "recipes/tiny_cpu.yaml", f"run.dir={run_dir}",
-         "trainer.enable_progress_bar=false", *overrides],
-        capture_output=True, text=True, timeout=timeout,
+        [
+            sys.executable,
+            "-m",
+            "stuffed_mamba",
+            "fit",
+            "recipes/tiny_cpu.yaml",
+            f"run.dir={run_dir}",
+            "trainer.enable_progress_bar=false",
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     return r, time.monotonic() - t0
@@ -24,11 +34,20 @@ def fit_cli(run_dir, *overrides, timeout=900):
 
 def test_smoke_few_steps_with_probes(tmp_path):
     """A few steps of the default recipe, probes included (at their smallest), end to end."""
-    r, _ = fit_cli(tmp_path, "trainer.max_steps=12", "data.train_length=32",
-                   "probes.passkey.every_n_steps=12", "probes.passkey.lengths=[256]", "probes.passkey.samples=1",
-                   "probes.retention.every_n_steps=12", "probes.retention.length=256",
-                   "probes.states.every_n_steps=12", "probes.states.length=256",
-                   "probes.position_loss.every_n_steps=12", "probes.position_loss.length=256")
+    r, _ = fit_cli(
+        tmp_path,
+        "trainer.max_steps=12",
+        "data.train_length=32",
+        "probes.passkey.every_n_steps=12",
+        "probes.passkey.lengths=[256]",
+        "probes.passkey.samples=1",
+        "probes.retention.every_n_steps=12",
+        "probes.retention.length=256",
+        "probes.states.every_n_steps=12",
+        "probes.states.length=256",
+        "probes.position_loss.every_n_steps=12",
+        "probes.position_loss.length=256",
+    )
     assert f"tensorboard --logdir {tmp_path}/tensorboard" in r.stdout
     assert "parameters   1,007,424" in r.stdout and "state size   N_S = 73,216 floats" in r.stdout
     assert "done: 12 optimiser steps, 1 episodes" in r.stdout

@@ -13,6 +13,7 @@ SLURM_CONF in their environment and stopped by PID too.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -26,8 +27,17 @@ from pathlib import Path
 
 SLURM_PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "scancel")
-FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
-                "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+FINAL_STATES = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+}
 
 
 PERIODIC_TIMEOUT = 30  # s between slurmctld's time-limit checks (a compile-time constant of Slurm)
@@ -46,8 +56,10 @@ def ensure_installed() -> None:
     if not shutil.which("apt-get"):
         raise SlurmUnavailable("Slurm/munge are not installed and there is no apt-get to install them")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-qq"],
-                ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *SLURM_PACKAGES]):
+    for cmd in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *SLURM_PACKAGES],
+    ):
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         if r.returncode != 0:
             raise SlurmUnavailable(f"{' '.join(cmd)} failed: {r.stderr.strip()[-300:]}")
@@ -70,8 +82,14 @@ def _host_size() -> str:
 
 
 class SlurmCluster:
-    def __init__(self, root: Path, nodes: tuple[str, ...] = ("n1", "n2"), gpus_per_node: int = 8,
-                 partition: str = "debug", node_size: str | None = None):
+    def __init__(
+        self,
+        root: Path,
+        nodes: tuple[str, ...] = ("n1", "n2"),
+        gpus_per_node: int = 8,
+        partition: str = "debug",
+        node_size: str | None = None,
+    ):
         """node_size: e.g. "CPUs=128 RealMemory=1000000" to declare nodes bigger than this host
         (slurmd then trusts slurm.conf: good for `sbatch --test-only`, not for running jobs);
         None declares what `slurmd -C` measures."""
@@ -90,7 +108,7 @@ class SlurmCluster:
         self.env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + self.env.get("PATH", "")
 
     # ---------------------------------------------------------------- start / stop
-    def start(self, timeout: float = 30.0) -> "SlurmCluster":
+    def start(self, timeout: float = 30.0) -> SlurmCluster:
         if len(str(self.munge_socket)) > 100:
             raise SlurmUnavailable(f"munge socket path too long for AF_UNIX: {self.munge_socket}")
         for d in ("etc", "munge", "state", "log", "run", "gpu", "tmp", *(f"spool/{n}" for n in self.nodes)):
@@ -101,8 +119,10 @@ class SlurmCluster:
             self._write_config()
             self._start_controller(timeout)
             for n in self.nodes:
-                self._spawn(f"slurmd-{n}", ["slurmd", "-D", "-N", n, "-f", str(self.conf),
-                                            "-L", str(self.root / "log" / f"slurmd-{n}.log")])
+                self._spawn(
+                    f"slurmd-{n}",
+                    ["slurmd", "-D", "-N", n, "-f", str(self.conf), "-L", str(self.root / "log" / f"slurmd-{n}.log")],
+                )
             self._wait(self._nodes_idle, timeout, "nodes did not become idle")
         except BaseException:
             self.stop()
@@ -110,10 +130,14 @@ class SlurmCluster:
         return self
 
     def _start_controller(self, timeout: float = 30.0) -> None:
-        self._spawn("slurmctld", ["slurmctld", "-D", "-f", str(self.conf),
-                                  "-L", str(self.root / "log" / "slurmctld.log")])
-        self._wait(lambda: self._run(["scontrol", "ping"], check=False).returncode == 0,
-                   timeout, "slurmctld did not answer `scontrol ping`")
+        self._spawn(
+            "slurmctld", ["slurmctld", "-D", "-f", str(self.conf), "-L", str(self.root / "log" / "slurmctld.log")]
+        )
+        self._wait(
+            lambda: self._run(["scontrol", "ping"], check=False).returncode == 0,
+            timeout,
+            "slurmctld did not answer `scontrol ping`",
+        )
 
     def restart_controller(self) -> float:
         """Stop slurmctld (it saves its state) and start it again; jobs carry on. Returns the
@@ -133,9 +157,19 @@ class SlurmCluster:
         os.chmod(key, 0o400)
         m = self.root / "munge"
         # -f: munged refuses group/world-writable ancestors such as /tmp without it
-        self._spawn("munged", ["munged", "-F", "-f", f"--socket={self.munge_socket}", f"--key-file={key}",
-                               f"--log-file={m / 'munged.log'}", f"--pid-file={m / 'munged.pid'}",
-                               f"--seed-file={m / 'munged.seed'}"])
+        self._spawn(
+            "munged",
+            [
+                "munged",
+                "-F",
+                "-f",
+                f"--socket={self.munge_socket}",
+                f"--key-file={key}",
+                f"--log-file={m / 'munged.log'}",
+                f"--pid-file={m / 'munged.pid'}",
+                f"--seed-file={m / 'munged.seed'}",
+            ],
+        )
         self._wait(self.munge_socket.exists, 10, "munged did not create its socket")
 
     def _write_config(self) -> None:
@@ -148,7 +182,9 @@ class SlurmCluster:
         # job ids (and with them the scripts' MASTER_PORT) differ between clusters on one host
         node_lines = "\n".join(
             f"NodeName={n} NodeHostname={host} NodeAddr=127.0.0.1 Port={_free_port()} {size} "
-            f"Gres=gpu:{self.gpus_per_node} State=UNKNOWN" for n in self.nodes)
+            f"Gres=gpu:{self.gpus_per_node} State=UNKNOWN"
+            for n in self.nodes
+        )
         self.conf.write_text(f"""\
 ClusterName=smtest
 FirstJobId={random.SystemRandom().randrange(1000, 900000)}
@@ -159,14 +195,14 @@ SlurmdUser=root
 AuthType=auth/munge
 AuthInfo=socket={self.munge_socket}
 CredType=cred/munge
-StateSaveLocation={r / 'state'}
-SlurmdSpoolDir={r / 'spool'}/%n
-SlurmctldPidFile={r / 'run'}/slurmctld.pid
-SlurmdPidFile={r / 'run'}/slurmd-%n.pid
-SlurmctldLogFile={r / 'log'}/slurmctld.log
-SlurmdLogFile={r / 'log'}/slurmd-%n.log
-PlugStackConfig={r / 'etc'}/plugstack.conf
-TmpFS={r / 'tmp'}
+StateSaveLocation={r / "state"}
+SlurmdSpoolDir={r / "spool"}/%n
+SlurmctldPidFile={r / "run"}/slurmctld.pid
+SlurmdPidFile={r / "run"}/slurmd-%n.pid
+SlurmctldLogFile={r / "log"}/slurmctld.log
+SlurmdLogFile={r / "log"}/slurmd-%n.log
+PlugStackConfig={r / "etc"}/plugstack.conf
+TmpFS={r / "tmp"}
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -181,19 +217,21 @@ KillWait=5
 MinJobAge=600
 GresTypes=gpu
 {overrides}{node_lines}
-PartitionName={self.partition} Nodes={','.join(self.nodes)} Default=YES MaxTime=INFINITE State=UP
+PartitionName={self.partition} Nodes={",".join(self.nodes)} Default=YES MaxTime=INFINITE State=UP
 """)
         (r / "etc" / "plugstack.conf").write_text("")
         (r / "etc" / "gres.conf").write_text(
-            f"AutoDetect=off\nNodeName={','.join(self.nodes)} Name=gpu File={r / 'gpu'}/gpu[0-{self.gpus_per_node - 1}]\n")
+            f"AutoDetect=off\nNodeName={','.join(self.nodes)} Name=gpu File={r / 'gpu'}/gpu[0-{self.gpus_per_node - 1}]\n"
+        )
 
     def stop(self) -> None:
         """Cancel every job, stop job processes and daemons by PID (never by name)."""
         if "slurmctld" in self.procs and self.procs["slurmctld"].poll() is None:
             self._run(["scancel", "--full", f"--partition={self.partition}"], check=False)
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and self._run(
-                    ["squeue", "-h", "-t", "R,CG,PD"], check=False).stdout.strip():
+            while (
+                time.monotonic() < deadline and self._run(["squeue", "-h", "-t", "R,CG,PD"], check=False).stdout.strip()
+            ):
                 time.sleep(0.5)
         for name in reversed(list(self.procs)):  # slurmd, slurmctld, then munged
             p = self.procs[name]
@@ -227,9 +265,16 @@ PartitionName={self.partition} Nodes={','.join(self.nodes)} Default=YES MaxTime=
 
     # ---------------------------------------------------------------- helpers
     def _spawn(self, name: str, cmd: list[str]) -> None:
-        log = open(self.root / "log" / f"{name}.stdout", "wb")
-        self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        # the child keeps its own descriptor of the log; ours can close at once
+        with open(self.root / "log" / f"{name}.stdout", "wb") as log:
+            self.procs[name] = subprocess.Popen(
+                cmd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
 
     def _wait(self, cond, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -263,11 +308,16 @@ PartitionName={self.partition} Nodes={','.join(self.nodes)} Default=YES MaxTime=
         return "\n".join(parts)
 
     # ---------------------------------------------------------------- jobs
-    def sbatch(self, script: str | Path, *args: str, options: tuple[str, ...] = (),
-               cwd: str | Path | None = None, env: dict | None = None) -> int:
+    def sbatch(
+        self,
+        script: str | Path,
+        *args: str,
+        options: tuple[str, ...] = (),
+        cwd: str | Path | None = None,
+        env: dict | None = None,
+    ) -> int:
         """Submit `script args...` with extra sbatch `options`; returns the job id."""
-        r = self._run(["sbatch", "--parsable", *options, str(script), *args], cwd=cwd,
-                      env={**self.env, **(env or {})})
+        r = self._run(["sbatch", "--parsable", *options, str(script), *args], cwd=cwd, env={**self.env, **(env or {})})
         return int(r.stdout.strip().split(";")[0])
 
     def job(self, job_id: int) -> dict[str, str]:
@@ -275,8 +325,9 @@ PartitionName={self.partition} Nodes={','.join(self.nodes)} Default=YES MaxTime=
         out = self._run(["scontrol", "-o", "show", "job", str(job_id)]).stdout
         return dict(re.findall(r"(\w[\w:/]*)=(\S*)", out))
 
-    def wait(self, job_id: int, until=lambda j: j["JobState"] in FINAL_STATES, timeout: float = 120.0,
-             poll: float = 0.5) -> dict[str, str]:
+    def wait(
+        self, job_id: int, until=lambda j: j["JobState"] in FINAL_STATES, timeout: float = 120.0, poll: float = 0.5
+    ) -> dict[str, str]:
         """Poll `scontrol show job` (not `sbatch --wait`, which backs off up to 32 s) until `until(job)`."""
         deadline = time.monotonic() + timeout
         while True:
@@ -284,11 +335,15 @@ PartitionName={self.partition} Nodes={','.join(self.nodes)} Default=YES MaxTime=
             if until(j):
                 return j
             if j["JobState"] in FINAL_STATES:
-                raise RuntimeError(f"job {job_id} ended {j['JobState']} (ExitCode={j.get('ExitCode')}, "
-                                   f"Restarts={j.get('Restarts')}) before the awaited state")
+                raise RuntimeError(
+                    f"job {job_id} ended {j['JobState']} (ExitCode={j.get('ExitCode')}, "
+                    f"Restarts={j.get('Restarts')}) before the awaited state"
+                )
             if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {j.get('JobState')} after {timeout:.0f} s "
-                                   f"(Reason={j.get('Reason')})\n{self.logs()}")
+                raise TimeoutError(
+                    f"job {job_id} still {j.get('JobState')} after {timeout:.0f} s "
+                    f"(Reason={j.get('Reason')})\n{self.logs()}"
+                )
             time.sleep(poll)
 
     def scontrol(self, *args: str) -> str:
@@ -296,7 +351,5 @@ PartitionName={self.partition} Nodes={','.join(self.nodes)} Default=YES MaxTime=
 
 
 def _kill(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass

@@ -33,8 +33,12 @@ def slurm_cluster(tmp_path_factory):
 def gpu_cluster_shape(tmp_path_factory):
     """Four nodes declared like the GPU nodes the scripts are written for (8 GPUs, 128 CPUs,
     1 TB each), on this one host: for `sbatch --test-only` of the unmodified scripts only."""
-    cluster = _cluster_or_skip(tmp_path_factory, "slurm_gpu", nodes=("g1", "g2", "g3", "g4"),
-                               node_size="CPUs=128 Boards=1 SocketsPerBoard=2 CoresPerSocket=64 "
-                                         "ThreadsPerCore=1 RealMemory=1000000", partition="gpu")
+    cluster = _cluster_or_skip(
+        tmp_path_factory,
+        "slurm_gpu",
+        nodes=("g1", "g2", "g3", "g4"),
+        node_size="CPUs=128 Boards=1 SocketsPerBoard=2 CoresPerSocket=64 ThreadsPerCore=1 RealMemory=1000000",
+        partition="gpu",
+    )
     yield cluster
     cluster.stop()

@@ -37,17 +37,20 @@ print(f"rank={e['SLURM_PROCID']} node={e['SLURMD_NODENAME']} addr={e['MASTER_ADD
 def test_ranks_get_slurm_address_recipe_and_overrides(slurm_cluster, tmp_path):
     env = fake_env(tmp_path, REPORT, shebang=sys.executable)
     out = tmp_path / "default.out"
-    jid = slurm_cluster.sbatch(SCRIPT, "a.b=1", "c=x y", options=(*CPU_FIT, f"--output={out}"),
-                               cwd=tmp_path, env=env)
+    jid = slurm_cluster.sbatch(SCRIPT, "a.b=1", "c=x y", options=(*CPU_FIT, f"--output={out}"), cwd=tmp_path, env=env)
     assert slurm_cluster.wait(jid, timeout=60)["JobState"] == "COMPLETED", out.read_text()
     ranks = sorted(ln for ln in out.read_text().splitlines() if ln.startswith("rank="))
     port = 20000 + jid % 20000
-    assert ranks == [f"rank={r} node=n{r + 1} addr=127.0.0.1 port={port} threads=1 argc=4 "
-                     f"args=fit recipes/mamba2_370m_256k.yaml a.b=1 c=x y" for r in (0, 1)]
+    assert ranks == [
+        f"rank={r} node=n{r + 1} addr=127.0.0.1 port={port} threads=1 argc=4 "
+        f"args=fit recipes/mamba2_370m_256k.yaml a.b=1 c=x y"
+        for r in (0, 1)
+    ]
 
     out = tmp_path / "recipe.out"
-    jid = slurm_cluster.sbatch(SCRIPT, options=(*CPU_FIT, f"--output={out}"), cwd=tmp_path,
-                               env={**env, "RECIPE": "recipes/tiny_cpu.yaml"})
+    jid = slurm_cluster.sbatch(
+        SCRIPT, options=(*CPU_FIT, f"--output={out}"), cwd=tmp_path, env={**env, "RECIPE": "recipes/tiny_cpu.yaml"}
+    )
     assert slurm_cluster.wait(jid, timeout=60)["JobState"] == "COMPLETED", out.read_text()
     assert out.read_text().count("argc=2 args=fit recipes/tiny_cpu.yaml\n") == 2
 
@@ -63,9 +66,12 @@ def test_missing_environment_is_a_clear_error(slurm_cluster, tmp_path):
 
 def test_usr1_reaches_ranks_and_batch_shell_survives(slurm_cluster, tmp_path):
     """`scancel --signal=USR1 --full` signals the batch shell too: the script's trap keeps it alive."""
-    env = fake_env(tmp_path, 'trap \'echo "rank $SLURM_PROCID got USR1"; exit 0\' USR1\n'
-                             'echo "rank $SLURM_PROCID ready"\n'
-                             'for i in $(seq 600); do sleep 0.1; done\n')
+    env = fake_env(
+        tmp_path,
+        "trap 'echo \"rank $SLURM_PROCID got USR1\"; exit 0' USR1\n"
+        'echo "rank $SLURM_PROCID ready"\n'
+        "for i in $(seq 600); do sleep 0.1; done\n",
+    )
     out = tmp_path / "usr1.out"
     jid = slurm_cluster.sbatch(SCRIPT, options=(*CPU_FIT, f"--output={out}"), cwd=tmp_path, env=env)
     deadline = time.monotonic() + 60

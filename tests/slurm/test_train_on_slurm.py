@@ -38,19 +38,35 @@ RELEASE = "StartTime=now+2"  # a requeued job's release: see the module docstrin
 def overrides(run_dir: Path) -> list[str]:
     return [
         # CPU and DDP across the two fake nodes
-        "trainer.accelerator=cpu", "trainer.strategy=ddp", "trainer.num_nodes=2", "trainer.devices=1",
-        "trainer.precision=32-true", "trainer.enable_progress_bar=false",
+        "trainer.accelerator=cpu",
+        "trainer.strategy=ddp",
+        "trainer.num_nodes=2",
+        "trainer.devices=1",
+        "trainer.precision=32-true",
+        "trainer.enable_progress_bar=false",
         # small enough that the three runs and the reference fit CI's budget on two shared cores
-        "model.d_model=64", "model.n_layer=2", "model.d_state=16", "model.headdim=16", "model.chunk_size=32",
-        "data.train_length=64", "data.segments=2", "data.batch_size=1", "probes.enabled=false",
-        f"trainer.max_steps={STEPS}", f"optim.total_steps={STEPS}", "optim.warmup_steps=10",
-        f"run.dir={run_dir}", "run.resume=auto", f"run.checkpoint_every_n_steps={CKPT_EVERY}",
+        "model.d_model=64",
+        "model.n_layer=2",
+        "model.d_state=16",
+        "model.headdim=16",
+        "model.chunk_size=32",
+        "data.train_length=64",
+        "data.segments=2",
+        "data.batch_size=1",
+        "probes.enabled=false",
+        f"trainer.max_steps={STEPS}",
+        f"optim.total_steps={STEPS}",
+        "optim.warmup_steps=10",
+        f"run.dir={run_dir}",
+        "run.resume=auto",
+        f"run.checkpoint_every_n_steps={CKPT_EVERY}",
     ]
 
 
 def submit(cluster, run_dir: Path, out: Path, *options: str) -> int:
-    return cluster.sbatch(SCRIPT, *overrides(run_dir), options=(*CPU_FIT, f"--output={out}", *options),
-                          cwd=REPO, env={"RECIPE": RECIPE})
+    return cluster.sbatch(
+        SCRIPT, *overrides(run_dir), options=(*CPU_FIT, f"--output={out}", *options), cwd=REPO, env={"RECIPE": RECIPE}
+    )
 
 
 def load(ckpt: Path) -> dict:
@@ -89,12 +105,17 @@ def logged_episodes(run_dir: Path) -> list[int]:
 def wait_until_running(cluster, job_id: int, out: Path, restarts: int) -> tuple[float, float]:
     """time.time() when the job (its `restarts`-th run) was seen RUNNING, and when both ranks had
     initialised DDP (by then each has installed its USR1 handler, which comes first in `fit`)."""
-    cluster.wait(job_id, until=lambda j: j["JobState"] == "RUNNING" and j["Restarts"] == str(restarts),
-                 timeout=120, poll=0.1)
+    cluster.wait(
+        job_id, until=lambda j: j["JobState"] == "RUNNING" and j["Restarts"] == str(restarts), timeout=120, poll=0.1
+    )
     t_start = time.time()
     n = 2 * (restarts + 1)
-    wait_for(lambda: out.exists() and out.read_text().count("Initializing distributed: GLOBAL_RANK") >= n,
-             180, f"run {restarts} did not initialise DDP", out)
+    wait_for(
+        lambda: out.exists() and out.read_text().count("Initializing distributed: GLOBAL_RANK") >= n,
+        180,
+        f"run {restarts} did not initialise DDP",
+        out,
+    )
     return t_start, time.time()
 
 
@@ -134,8 +155,7 @@ def test_preempted_twice_resumes_bit_identical(slurm_cluster, reference, tmp_pat
     time.sleep(submit_at - time.time())
     job_id = submit(slurm_cluster, run_dir, out, "--time=2")
     t_start, t_ddp = wait_until_running(slurm_cluster, job_id, out, restarts=0)
-    job = slurm_cluster.wait(job_id, until=lambda j: j["Restarts"] == "1" and j["JobState"] == "PENDING",
-                             timeout=150)
+    job = slurm_cluster.wait(job_id, until=lambda j: j["Restarts"] == "1" and j["JobState"] == "PENDING", timeout=150)
     step_1 = ckpt_step(run_dir)
     # the short limit stays with the job: give the next run its ten minutes back, and release it
     slurm_cluster.scontrol("update", f"JobId={job_id}", "TimeLimit=10", RELEASE)
@@ -143,8 +163,7 @@ def test_preempted_twice_resumes_bit_identical(slurm_cluster, reference, tmp_pat
     # 2. scancel --signal=USR1 as soon as the resumed ranks are up
     wait_until_running(slurm_cluster, job_id, out, restarts=1)
     slurm_cluster._run(["scancel", "--signal=USR1", str(job_id)])
-    job = slurm_cluster.wait(job_id, until=lambda j: j["Restarts"] == "2" and j["JobState"] == "PENDING",
-                             timeout=120)
+    job = slurm_cluster.wait(job_id, until=lambda j: j["Restarts"] == "2" and j["JobState"] == "PENDING", timeout=120)
     step_2 = ckpt_step(run_dir)
     slurm_cluster.scontrol("update", f"JobId={job_id}", RELEASE)
 
@@ -161,7 +180,9 @@ def test_preempted_twice_resumes_bit_identical(slurm_cluster, reference, tmp_pat
     assert ref["state_dict"].keys() == got["state_dict"].keys()
     differ = [k for k in ref["state_dict"] if not torch.equal(ref["state_dict"][k], got["state_dict"][k])]
     assert not differ, f"weights differ from the uninterrupted run: {differ}"
-    for a, b in zip(ref["optimizer_states"][0]["state"].values(), got["optimizer_states"][0]["state"].values()):
+    for a, b in zip(
+        ref["optimizer_states"][0]["state"].values(), got["optimizer_states"][0]["state"].values(), strict=True
+    ):
         assert all(torch.equal(a[k], b[k]) for k in a), "optimiser state differs from the uninterrupted run"
 
     # no episode trained twice (or skipped): each is logged exactly once across the three runs

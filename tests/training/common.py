@@ -23,9 +23,17 @@ def tiny_module(model=None, **optim) -> TBPTTModule:
 
 def bare_trainer(max_steps: int, **kw) -> L.Trainer:
     args = dict(
-        max_steps=max_steps, max_epochs=1, accelerator="cpu", devices=1, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False,
+        max_steps=max_steps,
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
     )
     args.update(kw)
     return L.Trainer(**args)
@@ -38,10 +46,17 @@ def tiny_recipe(run_dir, *overrides):
         [
             # vocab_size from the tokenizer ("bytes": 257); the fake loader draws ids < 32
             *(f"model.{k}={v}" for k, v in TINY_MODEL.items() if k != "vocab_size"),
-            "data.tokenizer=bytes", "data.segments=3", "data.train_length=16", "data.batch_size=2",
-            "optim.total_steps=60", "optim.warmup_steps=3", "optim.lr=3e-3",
-            "probes.enabled=false", "trainer.enable_progress_bar=false",
-            f"run.dir={run_dir}", "run.checkpoint_every_n_steps=6",
+            "data.tokenizer=bytes",
+            "data.segments=3",
+            "data.train_length=16",
+            "data.batch_size=2",
+            "optim.total_steps=60",
+            "optim.warmup_steps=3",
+            "optim.lr=3e-3",
+            "probes.enabled=false",
+            "trainer.enable_progress_bar=false",
+            f"run.dir={run_dir}",
+            "run.checkpoint_every_n_steps=6",
             *overrides,
         ],
     )

@@ -32,8 +32,14 @@ class Holder(torch.nn.Module):
 
 
 def _rank(rank: int, world: int, out: str, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world), DS_ACCELERATOR="cpu")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        DS_ACCELERATOR="cpu",
+    )
     torch.set_num_threads(1)
     from tests.deepspeed_cpu import apply
 
@@ -49,10 +55,17 @@ def _rank(rank: int, world: int, out: str, port: int) -> None:
         config = Mamba2Config(**TINY)
         holder = Holder(Mamba2LM(config))
         opt = torch.optim.AdamW(holder.parameters(), lr=1e-2)
-        engine, *_ = deepspeed.initialize(model=holder, optimizer=opt, config={
-            "zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True,
-            "train_micro_batch_size_per_gpu": 2, "gradient_clipping": 1.0, "bf16": {"enabled": True},
-        })
+        engine, *_ = deepspeed.initialize(
+            model=holder,
+            optimizer=opt,
+            config={
+                "zero_optimization": {"stage": stage},
+                "zero_allow_untested_optimizer": True,
+                "train_micro_batch_size_per_gpu": 2,
+                "gradient_clipping": 1.0,
+                "bf16": {"enabled": True},
+            },
+        )
         if stage == 3:
             # The mixer reads conv1d's and norm's weights without calling those modules, where ZeRO-3
             # would not gather them: register them with the mixer (DeepSpeed's API for this case).

@@ -11,8 +11,19 @@ class FakeEpisodeLoader:
     `restart_every` tokens. Episode i of rank r is a pure function of (seed, r, i); the state
     is the next episode index, so a resume continues exactly."""
 
-    def __init__(self, *, batch_size=2, segments=3, train_length=16, vocab=32, period=5,
-                 seed=0, rank=0, world_size=1, length=None):
+    def __init__(
+        self,
+        *,
+        batch_size=2,
+        segments=3,
+        train_length=16,
+        vocab=32,
+        period=5,
+        seed=0,
+        rank=0,
+        world_size=1,
+        length=None,
+    ):
         self.B, self.S, self.T = batch_size, segments, train_length
         self.vocab, self.period, self.seed = vocab, period, seed
         self.rank, self.world_size = rank, world_size

@@ -35,7 +35,7 @@ class GlobalBatchLoader:
         for i in range(self.episodes):
             g = torch.Generator().manual_seed(1000 + i)
             episode = torch.randint(0, VOCAB, (GLOBAL_BATCH, S, T + 1), generator=g)
-            yield episode[rank * rows:(rank + 1) * rows]
+            yield episode[rank * rows : (rank + 1) * rows]
 
     def __len__(self):
         return self.episodes

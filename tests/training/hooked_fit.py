@@ -116,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.count_allreduce:
         callbacks.append(CountAllReduce(out))
     if args.nan_calls or args.inf_grad_calls or args.save_weights_before is not None:
-        callbacks.append(PoisonCalls(out, _calls(args.nan_calls), _calls(args.inf_grad_calls), args.save_weights_before))
+        callbacks.append(
+            PoisonCalls(out, _calls(args.nan_calls), _calls(args.inf_grad_calls), args.save_weights_before)
+        )
 
     original = fit_module.fit
 

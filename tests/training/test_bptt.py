@@ -109,10 +109,12 @@ def test_backward_calls_and_last_flag():
     for mode in ("full", "truncated"):
         calls = []
 
-        def backward(tensors, grad_tensors, *, last):
+        def backward(tensors, grad_tensors, *, last, calls=calls):
             calls.append(last)
-            torch.autograd.backward(tensors, [torch.full_like(t, 2.0) if g is None else 2 * g
-                                              for t, g in zip(tensors, grad_tensors)])
+            torch.autograd.backward(
+                tensors,
+                [torch.full_like(t, 2.0) if g is None else 2 * g for t, g in zip(tensors, grad_tensors, strict=True)],
+            )
 
         model.zero_grad(set_to_none=True)
         backward_episode(model, inputs, labels, mode=mode, backward=backward)
@@ -132,12 +134,16 @@ def test_scale_and_final_state():
     for mode in ("full", "truncated"):
         model.zero_grad(set_to_none=True)
         losses, states[mode] = backward_episode(model, inputs, labels, mode=mode, scale=1.0, return_state=True)
-    assert_grads_close({n: g / S for n, g in grads_of(model).items()}, episode_grads(model, inputs, labels, "truncated")[1], 1e-5)
+    assert_grads_close(
+        {n: g / S for n, g in grads_of(model).items()}, episode_grads(model, inputs, labels, "truncated")[1], 1e-5
+    )
     with torch.no_grad():
         want = model(inputs.flatten(1)).state
     for mode, state in states.items():
-        for got, ref in zip(state.layers, want.layers):
-            assert not got.ssm.requires_grad and rel_err(got.ssm, ref.ssm) < 1e-5 and rel_err(got.conv, ref.conv) < 1e-6, mode
+        for got, ref in zip(state.layers, want.layers, strict=True):
+            assert (
+                not got.ssm.requires_grad and rel_err(got.ssm, ref.ssm) < 1e-5 and rel_err(got.conv, ref.conv) < 1e-6
+            ), mode
     model.zero_grad(set_to_none=True)
     backward_episode(model, inputs, labels, mode="full", scale=1.0)
     assert_grads_close({n: g / S for n, g in grads_of(model).items()}, mean, 1e-5)
@@ -151,7 +157,7 @@ def test_a_non_finite_loss_poisons_the_gradient_and_keeps_the_calls():
     for mode, want_calls in (("full", [True]), ("truncated", [False] * (S - 1) + [True])):
         calls = []
 
-        def backward(tensors, grad_tensors, *, last):
+        def backward(tensors, grad_tensors, *, last, calls=calls):
             calls.append(last)
             torch.autograd.backward(tensors, grad_tensors)
 
@@ -208,8 +214,13 @@ def test_bad_mode_and_shapes_are_errors():
 def _global_batch_fit(out, devices: int, bptt: str = "full"):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LOCAL_RANK", "WORLD_SIZE", "RANK"))}
     env["OMP_NUM_THREADS"] = "1"
-    r = subprocess.run([sys.executable, "-m", "tests.training.global_batch_fit", str(out), "--devices", str(devices),
-                        "--bptt", bptt], capture_output=True, text=True, timeout=600, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "tests.training.global_batch_fit", str(out), "--devices", str(devices), "--bptt", bptt],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     return torch.load(out / "weights.pt")
 

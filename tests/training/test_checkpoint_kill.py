@@ -20,9 +20,18 @@ from tests.training.common import TINY_MODEL, tiny_recipe
 S = 3
 OVERRIDES = [
     *(f"model.{k}={v}" for k, v in TINY_MODEL.items() if k != "vocab_size"),
-    "data.min_doc_tokens=1024", f"data.segments={S}", "data.train_length=32", "data.batch_size=2",
-    "optim.total_steps=60", "optim.warmup_steps=3", "probes.enabled=false", f"run.checkpoint_every_n_steps={S}",
-    "trainer.strategy=deepspeed", "trainer.devices=2", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+    "data.min_doc_tokens=1024",
+    f"data.segments={S}",
+    "data.train_length=32",
+    "data.batch_size=2",
+    "optim.total_steps=60",
+    "optim.warmup_steps=3",
+    "probes.enabled=false",
+    f"run.checkpoint_every_n_steps={S}",
+    "trainer.strategy=deepspeed",
+    "trainer.devices=2",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
 ]
 
 
@@ -79,15 +88,30 @@ def test_a_fresh_start_is_refused_when_only_the_set_aside_checkpoint_is_left(tmp
 
 
 def run(run_dir, *extra, kill: str | None = None):
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLURM_", "LOCAL_RANK", "WORLD_SIZE", "RANK", "STUFFED_MAMBA_TEST"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "LOCAL_RANK", "WORLD_SIZE", "RANK", "STUFFED_MAMBA_TEST"))
+    }
     env["OMP_NUM_THREADS"] = "1"
     if kill:
         env["STUFFED_MAMBA_TEST_KILL"] = kill
     r = subprocess.run(
-        [sys.executable, "-m", "tests.training.ds_kill", "fit", "recipes/tiny_cpu.yaml", *OVERRIDES,
-         f"run.dir={run_dir}", "trainer.max_steps=12", *extra],
-        capture_output=True, text=True, timeout=900, env=env,
+        [
+            sys.executable,
+            "-m",
+            "tests.training.ds_kill",
+            "fit",
+            "recipes/tiny_cpu.yaml",
+            *OVERRIDES,
+            f"run.dir={run_dir}",
+            "trainer.max_steps=12",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
         start_new_session=True,  # the kill takes the run's process group, not pytest
     )
     if kill:

@@ -54,7 +54,9 @@ def test_overrides_merge_and_keep_types():
 def test_cli_prints_one_line_and_exits_2_before_building_anything(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "stuffed_mamba", "fit", TINY, "optim.nope=1", f"run.dir={tmp_path}/run"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 2
     lines = [line for line in r.stderr.splitlines() if line.strip()]
@@ -80,12 +82,15 @@ def test_bad_data_settings_are_one_line_before_training(override, names, tmp_pat
     assert not (tmp_path / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("override, suggestion", [
-    ("optim.rl=1e-3", "optim.lr"),  # a typo
-    ("lr=1e-3", "optim.lr"),  # the right name in the wrong place
-    ("optim.learning_rate=1e-3", "optim.lr"),  # another tool's name
-    ("data.segmnts=4", "data.segments"),
-])
+@pytest.mark.parametrize(
+    "override, suggestion",
+    [
+        ("optim.rl=1e-3", "optim.lr"),  # a typo
+        ("lr=1e-3", "optim.lr"),  # the right name in the wrong place
+        ("optim.learning_rate=1e-3", "optim.lr"),  # another tool's name
+        ("data.segmnts=4", "data.segments"),
+    ],
+)
 def test_an_unknown_key_suggests_the_nearest_valid_one(override, suggestion):
     with pytest.raises(ConfigError, match=f"unknown recipe key .*; did you mean {suggestion}\\?$"):
         load_recipe(TINY, [override])
@@ -94,8 +99,12 @@ def test_an_unknown_key_suggests_the_nearest_valid_one(override, suggestion):
 def test_print_config_shows_the_values_the_run_will_use():
     """model fields left null print as what the run builds (Mamba2Config defaults, the tokenizer's vocab,
     an official checkpoint's shape), and trainer.max_steps as where the job stops."""
-    r = subprocess.run([sys.executable, "-m", "stuffed_mamba", "fit", TINY, "--print-config"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "stuffed_mamba", "fit", TINY, "--print-config"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "null" not in r.stdout.split("data:")[0].replace("init_from: null", "")
     for line in ("d_conv: 4", "expand: 2", "vocab_size: 1024", "d_model: 128", "max_steps: 600"):

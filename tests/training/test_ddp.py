@@ -9,18 +9,26 @@ import sys
 
 import pytest
 import torch
-
 from stuffed_mamba.data import build_dataloader
 from stuffed_mamba.data.dataset import EpisodeDataset
+
 from stuffed_mamba.training.config import load_recipe
 from tests.training.common import TINY_MODEL, load_ckpt
 
 S = 3
 OVERRIDES = [
     *(f"model.{k}={v}" for k, v in TINY_MODEL.items() if k != "vocab_size"),
-    "data.min_doc_tokens=1024", f"data.segments={S}", "data.train_length=32", "data.batch_size=2",
-    "optim.total_steps=60", "optim.warmup_steps=3", "probes.enabled=false",
-    "trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+    "data.min_doc_tokens=1024",
+    f"data.segments={S}",
+    "data.train_length=32",
+    "data.batch_size=2",
+    "optim.total_steps=60",
+    "optim.warmup_steps=3",
+    "probes.enabled=false",
+    "trainer.strategy=ddp",
+    "trainer.devices=2",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
 ]
 
 
@@ -28,8 +36,20 @@ def fit_cli(run_dir, *extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LOCAL_RANK", "WORLD_SIZE", "RANK"))}
     env["OMP_NUM_THREADS"] = "1"
     r = subprocess.run(
-        [sys.executable, "-m", "stuffed_mamba", "fit", "recipes/tiny_cpu.yaml", *OVERRIDES, f"run.dir={run_dir}", *extra],
-        capture_output=True, text=True, timeout=600, env=env,
+        [
+            sys.executable,
+            "-m",
+            "stuffed_mamba",
+            "fit",
+            "recipes/tiny_cpu.yaml",
+            *OVERRIDES,
+            f"run.dir={run_dir}",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     return r
@@ -90,9 +110,21 @@ def test_usr1_on_one_rank_stops_both_at_the_same_boundary(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LOCAL_RANK", "WORLD_SIZE", "RANK"))}
     env.update(OMP_NUM_THREADS="1", SLURM_JOB_ID="777", PATH=f"{bin_dir}:{env['PATH']}")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stuffed_mamba", "fit", "recipes/tiny_cpu.yaml", *OVERRIDES,
-         f"run.dir={tmp_path / 'run'}", "trainer.max_steps=3000", "optim.total_steps=3000"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "stuffed_mamba",
+            "fit",
+            "recipes/tiny_cpu.yaml",
+            *OVERRIDES,
+            f"run.dir={tmp_path / 'run'}",
+            "trainer.max_steps=3000",
+            "optim.total_steps=3000",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     out = []
     try:

@@ -30,9 +30,16 @@ from tests.training.common import TINY_MODEL, scalars
 S = 3
 COMMON = [
     *(f"model.{k}={v}" for k, v in TINY_MODEL.items() if k != "vocab_size"),
-    "data.min_doc_tokens=1024", f"data.segments={S}", "data.train_length=32", "data.batch_size=2",
-    "optim.total_steps=60", "optim.warmup_steps=3", "probes.enabled=false",
-    "trainer.devices=2", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+    "data.min_doc_tokens=1024",
+    f"data.segments={S}",
+    "data.train_length=32",
+    "data.batch_size=2",
+    "optim.total_steps=60",
+    "optim.warmup_steps=3",
+    "probes.enabled=false",
+    "trainer.devices=2",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
 ]
 DS = ["--deepspeed-cpu", "trainer.strategy=deepspeed"]
 DDP = ["--count-allreduce", "trainer.strategy=ddp"]
@@ -47,9 +54,21 @@ def fit(run_dir: Path, *args: str, returncode: int = 0) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LOCAL_RANK", "WORLD_SIZE", "RANK"))}
     env["OMP_NUM_THREADS"] = "1"
     r = subprocess.run(
-        [sys.executable, "-m", "tests.training.hooked_fit", *hooks, "fit", "recipes/tiny_cpu.yaml", *COMMON,
-         f"run.dir={run_dir}", *overrides],
-        capture_output=True, text=True, timeout=900, env=env,
+        [
+            sys.executable,
+            "-m",
+            "tests.training.hooked_fit",
+            *hooks,
+            "fit",
+            "recipes/tiny_cpu.yaml",
+            *COMMON,
+            f"run.dir={run_dir}",
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
     )
     assert r.returncode == returncode, r.stdout[-3000:] + r.stderr[-5000:]
     return r.stdout + r.stderr
@@ -82,8 +101,11 @@ def assert_checkpoint_folder(run_dir: Path, global_step: int) -> dict:
     folder = run_dir / "checkpoints/last.ckpt"
     assert folder.is_dir() and (folder / "latest").read_text().strip() == "checkpoint"
     shards = sorted(p.name for p in (folder / "checkpoint").iterdir())
-    assert shards == ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
-                      "zero_pp_rank_1_mp_rank_00_optim_states.pt"], shards
+    assert shards == [
+        "mp_rank_00_model_states.pt",
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    ], shards
     states = model_states(run_dir)
     assert states["global_step"] == global_step and states["world_size"] == 2
     return states
@@ -155,8 +177,13 @@ def test_episode_mode_sums_the_segments_gradients_like_ddp(stage, ddp_episode, t
     assert allreduces_per_episode(ddp_episode) == [1, 1]
     probes = []
     if stage == 3:  # the probes skip with a warning (partitioned parameters); training goes on
-        probes = ["probes.enabled=true", "probes.passkey.every_n_steps=1", "probes.retention.every_n_steps=1",
-                  "probes.states.every_n_steps=1", "probes.position_loss.every_n_steps=1"]
+        probes = [
+            "probes.enabled=true",
+            "probes.passkey.every_n_steps=1",
+            "probes.retention.every_n_steps=1",
+            "probes.states.every_n_steps=1",
+            "probes.position_loss.every_n_steps=1",
+        ]
     out = fit(tmp_path, *DS, EPISODE, f"trainer.deepspeed.stage={stage}", "trainer.max_steps=2", *probes)
     assert "done: 2 optimiser steps, 2 episodes" in out
     assert_same_losses(tmp_path, ddp_episode)
@@ -199,8 +226,14 @@ def test_zero2_resume_ends_bit_identical(zero2_segment, tmp_path):
 def test_zero1_bf16_skips_a_non_finite_gradient_and_trains_on(tmp_path):
     """An inf gradient with a finite loss (call 1 = episode 0, segment 1): DeepSpeed's own overflow
     check skips the update; the module counts it, and it is not an optimiser step (as under DDP)."""
-    out = fit(tmp_path, *DS, "--inf-grad-calls=1:2", "trainer.deepspeed.stage=1",
-              "trainer.precision=bf16-mixed", "trainer.max_steps=5")
+    out = fit(
+        tmp_path,
+        *DS,
+        "--inf-grad-calls=1:2",
+        "trainer.deepspeed.stage=1",
+        "trainer.precision=bf16-mixed",
+        "trainer.max_steps=5",
+    )
     # 6 segments, one skipped: 5 steps in 2 episodes
     assert "done: 5 optimiser steps, 2 episodes" in out and "non-finite steps skipped 1" in out
     assert_loss_fell(tmp_path)
@@ -215,9 +248,17 @@ def test_zero1_bf16_skips_a_non_finite_gradient_and_trains_on(tmp_path):
 def test_k_nans_in_a_row_abort_with_a_checkpoint_from_before(tmp_path):
     """tests/training/test_nonfinite.py's test under ZeRO-2 with bf16-mixed: NaN losses from call 7
     (episode 2, segment 1) on, K=4: the message names step 7, last.ckpt is the one from step 6, untouched."""
-    out = fit(tmp_path, *DS, "--nan-calls=7:100", "--save-weights-before=6", "trainer.max_steps=30",
-              "trainer.precision=bf16-mixed",
-              "optim.max_nonfinite_in_a_row=4", "run.checkpoint_every_n_steps=3", returncode=1)
+    out = fit(
+        tmp_path,
+        *DS,
+        "--nan-calls=7:100",
+        "--save-weights-before=6",
+        "trainer.max_steps=30",
+        "trainer.precision=bf16-mixed",
+        "optim.max_nonfinite_in_a_row=4",
+        "run.checkpoint_every_n_steps=3",
+        returncode=1,
+    )
     assert "stuffed-mamba fit: aborted: 4 non-finite losses/gradients in a row, the first at optimiser step 7" in out
     states = assert_checkpoint_folder(tmp_path, global_step=6)
     before = torch.load(tmp_path / "hooks/weights_before_call_6.pt")

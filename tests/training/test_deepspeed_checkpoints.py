@@ -28,11 +28,23 @@ pytestmark = pytest.mark.slow  # each fixture launches 2 DeepSpeed ranks (30-180
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
 TINY_FIT = [
-    "model.d_model=32", "model.n_layer=2", "model.d_state=16", "model.headdim=16", "model.chunk_size=16",
-    "data.train_length=48", "data.segments=3", "data.batch_size=2",
-    "trainer.strategy=deepspeed", "trainer.devices=2", "trainer.precision=bf16-mixed", "trainer.max_steps=6",
-    "run.checkpoint_every_n_steps=3", "run.keep_every_n_steps=3", "run.overwrite=true",
-    "probes.enabled=false", "trainer.enable_progress_bar=false",
+    "model.d_model=32",
+    "model.n_layer=2",
+    "model.d_state=16",
+    "model.headdim=16",
+    "model.chunk_size=16",
+    "data.train_length=48",
+    "data.segments=3",
+    "data.batch_size=2",
+    "trainer.strategy=deepspeed",
+    "trainer.devices=2",
+    "trainer.precision=bf16-mixed",
+    "trainer.max_steps=6",
+    "run.checkpoint_every_n_steps=3",
+    "run.keep_every_n_steps=3",
+    "run.overwrite=true",
+    "probes.enabled=false",
+    "trainer.enable_progress_bar=false",
 ]
 
 
@@ -107,12 +119,15 @@ def test_fit_folder_holds_the_modules_weights_rounded_from_the_master(fit_run, t
 # ---------------------------------------------------------------------------------- the CLI
 
 
-@pytest.mark.parametrize("argv,first", [
-    (["passkey", "--lengths", "300", "--samples", "2", "--max-new-tokens", "2", "--last-r", "200"], "passkey"),
-    (["retention", "--length", "150"], "retention"),
-    (["states", "--length", "150", "--points", "4"], "states"),
-    (["loss", "--length", "150", "--samples", "1", "--min-doc-tokens", "1024", "--buckets", "4"], "loss"),
-])
+@pytest.mark.parametrize(
+    "argv,first",
+    [
+        (["passkey", "--lengths", "300", "--samples", "2", "--max-new-tokens", "2", "--last-r", "200"], "passkey"),
+        (["retention", "--length", "150"], "retention"),
+        (["states", "--length", "150", "--points", "4"], "states"),
+        (["loss", "--length", "150", "--samples", "1", "--min-doc-tokens", "1024", "--buckets", "4"], "loss"),
+    ],
+)
 def test_every_eval_probe_reads_a_deepspeed_last_ckpt(fit_run, tmp_path, argv, first):
     """Acceptance 5: the tokenizer, T_train and evaluation text come from the run's recipe.yaml,
     as for a `.ckpt` file."""
@@ -126,8 +141,24 @@ def test_every_eval_probe_reads_a_deepspeed_last_ckpt(fit_run, tmp_path, argv, f
 def test_a_kept_step_folder_is_read_too(fit_run, tmp_path):
     kept = fit_run / "checkpoints" / "step-0000003.ckpt"
     assert kept.is_dir()
-    assert main(["eval", "states", "--checkpoint", str(kept), "--length", "100", "--points", "3",
-                 "--out", str(tmp_path), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "states",
+                "--checkpoint",
+                str(kept),
+                "--length",
+                "100",
+                "--points",
+                "3",
+                "--out",
+                str(tmp_path),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "states.json").read_text())["step"] == 3
 
 
@@ -154,18 +185,23 @@ def _broken(engine_folders, tmp_path, how: str) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("how,message", [
-    ("no latest", "neither config.json nor a DeepSpeed 'latest' file"),
-    ("latest names nothing", "incomplete DeepSpeed checkpoint"),
-    ("missing shard", "cannot read the DeepSpeed checkpoint"),
-    ("truncated shard", "cannot read the DeepSpeed checkpoint"),
-    ("no model states", "incomplete DeepSpeed checkpoint"),
-    ("foreign object", "refused to unpickle a non-tensor object"),
-])
+@pytest.mark.parametrize(
+    "how,message",
+    [
+        ("no latest", "neither config.json nor a DeepSpeed 'latest' file"),
+        ("latest names nothing", "incomplete DeepSpeed checkpoint"),
+        ("missing shard", "cannot read the DeepSpeed checkpoint"),
+        ("truncated shard", "cannot read the DeepSpeed checkpoint"),
+        ("no model states", "incomplete DeepSpeed checkpoint"),
+        ("foreign object", "refused to unpickle a non-tensor object"),
+    ],
+)
 def test_a_broken_folder_is_a_one_line_error(engine_folders, tmp_path, capsys, how, message):
     folder = _broken(engine_folders, tmp_path, how)
-    for argv in (["eval", "states", "--checkpoint", str(folder), "--tokenizer", "bytes", "--train-length", "32"],
-                 ["export", str(folder), str(tmp_path / "out")]):
+    for argv in (
+        ["eval", "states", "--checkpoint", str(folder), "--tokenizer", "bytes", "--train-length", "32"],
+        ["export", str(folder), str(tmp_path / "out")],
+    ):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err

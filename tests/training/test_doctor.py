@@ -33,19 +33,30 @@ def _closed_port() -> int:
 
 
 def test_the_cli_lists_the_checks_it_runs():
-    assert CHECK_NAMES == tuple(name for name, _ in CHECKS)
+    assert tuple(name for name, _ in CHECKS) == CHECK_NAMES
 
 
 def test_broken_pieces_are_named_failing_lines(capsys):
     port = _closed_port()
-    rc = main(["doctor", "recipes/tiny_cpu.yaml", "data.tokenizer=/nonexistent/tokenizer.json",
-               f"data.source=http://127.0.0.1:{port}", "data.listing=en.txt", "model.backend=mamba_ssm", *FAST])
+    rc = main(
+        [
+            "doctor",
+            "recipes/tiny_cpu.yaml",
+            "data.tokenizer=/nonexistent/tokenizer.json",
+            f"data.source=http://127.0.0.1:{port}",
+            "data.listing=en.txt",
+            "model.backend=mamba_ssm",
+            *FAST,
+        ]
+    )
     out, err = capsys.readouterr()
     rows = _table(out)
     assert list(rows) == list(CHECK_NAMES), out
     assert rows["recipe"][0] == "ok"
-    assert rows["tokenizer"] == ("FAIL", "data.tokenizer=/nonexistent/tokenizer.json: tokenizer file "
-                                         "'/nonexistent/tokenizer.json' not found")
+    assert rows["tokenizer"] == (
+        "FAIL",
+        "data.tokenizer=/nonexistent/tokenizer.json: tokenizer file '/nonexistent/tokenizer.json' not found",
+    )
     assert rows["data"][0] == "FAIL" and f"127.0.0.1:{port}" in rows["data"][1] and "refused" in rows["data"][1]
     assert rows["kernels"][0] == "FAIL" and "bash scripts/install.sh cuda" in rows["kernels"][1]
     assert rows["init_from"] == ("skip", "absent: the recipe trains from scratch")
@@ -63,10 +74,17 @@ def test_an_invalid_recipe_fails_first_and_the_rest_is_skipped():
 
 
 def test_a_missing_init_from_is_one_line():
-    results = {r.name: r for r in run_checks("recipes/tiny_cpu.yaml", ["model.init_from=/nonexistent/ckpt"],
-                                               skip=("fit", "collective", "data"))}
+    results = {
+        r.name: r
+        for r in run_checks(
+            "recipes/tiny_cpu.yaml", ["model.init_from=/nonexistent/ckpt"], skip=("fit", "collective", "data")
+        )
+    }
     assert results["init_from"].status == "FAIL"
-    assert results["init_from"].detail.startswith("model.init_from: ") and "/nonexistent/ckpt" in results["init_from"].detail
+    assert (
+        results["init_from"].detail.startswith("model.init_from: ")
+        and "/nonexistent/ckpt" in results["init_from"].detail
+    )
     assert results["memory"].detail == "needs the init_from check to pass"
 
 
@@ -74,8 +92,10 @@ def test_memory_compares_the_estimate_with_this_machine():
     results = {r.name: r for r in run_checks("recipes/tiny_cpu.yaml", [], skip=("fit", "collective", "data"))}
     assert results["memory"].status == "ok" and "available for 1 CPU rank(s)" in results["memory"].detail
     # a recipe asking for GPUs on a machine without them: nothing to compare with, said so
-    results = {r.name: r for r in run_checks("recipes/tiny_cpu.yaml", ["trainer.accelerator=gpu"],
-                                               skip=("fit", "collective", "data"))}
+    results = {
+        r.name: r
+        for r in run_checks("recipes/tiny_cpu.yaml", ["trainer.accelerator=gpu"], skip=("fit", "collective", "data"))
+    }
     if results["memory"].status == "skip":
         assert results["memory"].detail.startswith("no CUDA device here to compare with: needs ~")
 
@@ -84,8 +104,12 @@ def test_memory_compares_the_estimate_with_this_machine():
 def test_doctor_passes_on_tiny_cpu():
     """The whole preflight on the embedded recipe: every check passes or is skipped with its reason;
     the fit check trained, saved, resumed and read its checkpoint back."""
-    r = subprocess.run([sys.executable, "-m", "stuffed_mamba", "doctor", "recipes/tiny_cpu.yaml"],
-                       capture_output=True, text=True, timeout=1200)
+    r = subprocess.run(
+        [sys.executable, "-m", "stuffed_mamba", "doctor", "recipes/tiny_cpu.yaml"],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     rows = _table(r.stdout)
     assert r.returncode == 0, r.stdout + r.stderr
     assert list(rows) == list(CHECK_NAMES)
@@ -99,10 +123,22 @@ def test_doctor_on_the_370m_recipe_with_cpu_overrides():
     """The 256K recipe here: its hub tokenizer, its remote source, its hub checkpoint and its
     kernels are not available on this machine (each a named failing line); DeepSpeed needs CUDA,
     so the tiny fit runs under DDP on 2 CPU processes in bf16-mixed and says so."""
-    r = subprocess.run([sys.executable, "-m", "stuffed_mamba", "doctor", "recipes/mamba2_370m_256k.yaml",
-                        "trainer.accelerator=cpu", "trainer.devices=2", "data.timeout_s=5"],
-                       capture_output=True, text=True, timeout=1200, env={**__import__("os").environ,
-                                                                           "HF_HUB_OFFLINE": "1"})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stuffed_mamba",
+            "doctor",
+            "recipes/mamba2_370m_256k.yaml",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "data.timeout_s=5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
     rows = _table(r.stdout)
     print(r.stdout)
     assert list(rows) == list(CHECK_NAMES), r.stdout + r.stderr
@@ -113,9 +149,13 @@ def test_doctor_on_the_370m_recipe_with_cpu_overrides():
     assert "DeepSpeed needs CUDA" in rows["fit"][1] and "ddp, bf16-mixed" in rows["fit"][1]
 
 
-@pytest.mark.parametrize("kw", [dict(d_model=32, n_layer=2, d_state=16, headdim=16, vocab_size=1000),
-                                dict(d_model=64, n_layer=3, d_state=8, headdim=16, ngroups=2, vocab_size=77,
-                                     tie_embeddings=False)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(d_model=32, n_layer=2, d_state=16, headdim=16, vocab_size=1000),
+        dict(d_model=64, n_layer=3, d_state=8, headdim=16, ngroups=2, vocab_size=77, tie_embeddings=False),
+    ],
+)
 def test_the_memory_estimate_counts_the_models_parameters(kw):
     from stuffed_mamba.model import Mamba2Config, Mamba2LM
     from stuffed_mamba.training.config import load_recipe
@@ -136,7 +176,11 @@ def test_importable_kernels_on_a_cpu_are_a_failing_line(monkeypatch):
 
     monkeypatch.setattr(stuffed_mamba.ops, "get_backend", lambda name: object())
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    results = {r.name: r for r in run_checks("recipes/tiny_cpu.yaml", ["model.backend=mamba_ssm"],
-                                             skip=("fit", "collective", "data", "memory"))}
+    results = {
+        r.name: r
+        for r in run_checks(
+            "recipes/tiny_cpu.yaml", ["model.backend=mamba_ssm"], skip=("fit", "collective", "data", "memory")
+        )
+    }
     assert results["kernels"].status == "FAIL"
     assert results["kernels"].detail.startswith("mamba_ssm kernels need a CUDA GPU")

@@ -21,15 +21,22 @@ from tests.training.fakes import FakeEpisodeLoader
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("export_run")
-    fit(tiny_recipe(run_dir, "trainer.max_steps=6"), log=lambda s: None,
-        loader_factory=lambda r, w: FakeEpisodeLoader(batch_size=2, segments=3, train_length=16, rank=r, world_size=w))
+    fit(
+        tiny_recipe(run_dir, "trainer.max_steps=6"),
+        log=lambda s: None,
+        loader_factory=lambda r, w: FakeEpisodeLoader(batch_size=2, segments=3, train_length=16, rank=r, world_size=w),
+    )
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     return ckpt, load_trained_model(ckpt).eval()
 
 
 def export_cli(ckpt, out, fmt):
-    r = subprocess.run([sys.executable, "-m", "stuffed_mamba", "export", str(ckpt), str(out), "--format", fmt],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "stuffed_mamba", "export", str(ckpt), str(out), "--format", fmt],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -73,8 +80,12 @@ def test_mamba_ssm_export_round_trips_bit_exactly(trained, tmp_path):
 
 
 def test_export_of_a_missing_checkpoint_is_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "stuffed_mamba", "export", str(tmp_path / "nope.ckpt"), str(tmp_path / "o")],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "stuffed_mamba", "export", str(tmp_path / "nope.ckpt"), str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "checkpoint not found" in r.stderr
 
@@ -88,8 +99,11 @@ def test_export_is_readable_by_others_and_carries_the_runs_tokenizer(tmp_path):
     from transformers import AutoTokenizer
 
     run_dir = tmp_path / "run"
-    fit(tiny_recipe(run_dir, "trainer.max_steps=3", "data.tokenizer=data/sample/tokenizer.json"), log=lambda s: None,
-        loader_factory=lambda r, w: FakeEpisodeLoader(batch_size=2, segments=3, train_length=16, rank=r, world_size=w))
+    fit(
+        tiny_recipe(run_dir, "trainer.max_steps=3", "data.tokenizer=data/sample/tokenizer.json"),
+        log=lambda s: None,
+        loader_factory=lambda r, w: FakeEpisodeLoader(batch_size=2, segments=3, train_length=16, rank=r, world_size=w),
+    )
     old = os.umask(0o022)
     try:
         for fmt in ("mamba_ssm", "hf"):

@@ -45,8 +45,9 @@ class PoisonSegments(L.Callback):
 
 def test_one_nan_segment_is_skipped_counted_and_resets_the_state(tmp_path):
     poison = PoisonSegments({4})  # episode 1, segment 1
-    r = fit(tiny_recipe(tmp_path, "trainer.max_steps=8"), loader_factory=fake, extra_callbacks=[poison],
-            log=lambda s: None)
+    r = fit(
+        tiny_recipe(tmp_path, "trainer.max_steps=8"), loader_factory=fake, extra_callbacks=[poison], log=lambda s: None
+    )
     assert r.nonfinite_skipped == 1
     assert r.global_step == 8 and r.episodes == 3  # 9 segments, 8 optimiser steps
     assert torch.equal(poison.weights[4], poison.weights[5]), "no update from the NaN segment"
@@ -58,7 +59,9 @@ def test_one_nan_segment_is_skipped_counted_and_resets_the_state(tmp_path):
 
 def test_k_nans_in_a_row_abort_with_a_checkpoint_from_before(tmp_path):
     poison = PoisonSegments(range(7, 100))  # from episode 2, segment 1 on
-    cfg = tiny_recipe(tmp_path, "trainer.max_steps=30", "optim.max_nonfinite_in_a_row=4", "run.checkpoint_every_n_steps=3")
+    cfg = tiny_recipe(
+        tmp_path, "trainer.max_steps=30", "optim.max_nonfinite_in_a_row=4", "run.checkpoint_every_n_steps=3"
+    )
     with pytest.raises(NonFiniteLossError, match=r"4 non-finite .* first at optimiser step 7") as e:
         fit(cfg, loader_factory=fake, extra_callbacks=[poison], log=lambda s: None)
     assert "\n" not in str(e.value)

@@ -23,9 +23,18 @@ from tests.training.fakes import FakeEpisodeLoader
 DYNAMICS = ("A_log", "dt_bias", "D")
 OVERRIDES = [
     *(f"model.{k}={v}" for k, v in TINY_MODEL.items() if k != "vocab_size"),
-    "data.min_doc_tokens=1024", "data.segments=3", "data.train_length=32", "data.batch_size=2",
-    "optim.total_steps=60", "optim.warmup_steps=3", "probes.enabled=false", "trainer.precision=bf16-mixed",
-    "trainer.devices=2", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.max_steps=3",
+    "data.min_doc_tokens=1024",
+    "data.segments=3",
+    "data.train_length=32",
+    "data.batch_size=2",
+    "optim.total_steps=60",
+    "optim.warmup_steps=3",
+    "probes.enabled=false",
+    "trainer.precision=bf16-mixed",
+    "trainer.devices=2",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "trainer.max_steps=3",
 ]
 
 
@@ -63,7 +72,9 @@ def test_the_scan_computes_in_fp32_under_bf16_autocast():
 
 def test_half_precision_parameters_are_refused_with_the_reason():
     for precision in ("bf16-true", "16-true"):
-        with pytest.raises(ConfigError, match=rf"trainer.precision: {precision} stores A_log, dt_bias and D .*bf16-mixed"):
+        with pytest.raises(
+            ConfigError, match=rf"trainer.precision: {precision} stores A_log, dt_bias and D .*bf16-mixed"
+        ):
             load_recipe("recipes/tiny_cpu.yaml", [f"trainer.precision={precision}"])
     with pytest.raises(ConfigError, match="trainer.precision: must be one of"):
         load_recipe("recipes/tiny_cpu.yaml", ["trainer.precision=16-mixed"])
@@ -84,8 +95,11 @@ def test_bf16_mixed_on_one_device(tmp_path):
     records: list = []
     handles = dtype_spy.install(records)
     try:
-        fit(tiny_recipe(tmp_path, "trainer.precision=bf16-mixed", "trainer.max_steps=3"),
-            loader_factory=lambda r, w: FakeEpisodeLoader(rank=r, world_size=w), log=lambda s: None)
+        fit(
+            tiny_recipe(tmp_path, "trainer.precision=bf16-mixed", "trainer.max_steps=3"),
+            loader_factory=lambda r, w: FakeEpisodeLoader(rank=r, world_size=w),
+            log=lambda s: None,
+        )
     finally:
         for handle in handles:
             handle.remove()
@@ -102,9 +116,20 @@ def run_two_ranks(tmp_path, strategy):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LOCAL_RANK", "WORLD_SIZE", "RANK"))}
     env.update(OMP_NUM_THREADS="1", STUFFED_MAMBA_TEST_DTYPES=str(spy))
     r = subprocess.run(
-        [sys.executable, "-m", "tests.training.dtype_spy", "fit", "recipes/tiny_cpu.yaml", *OVERRIDES,
-         f"trainer.strategy={strategy}", f"run.dir={tmp_path / 'run'}"],
-        capture_output=True, text=True, timeout=900, env=env,
+        [
+            sys.executable,
+            "-m",
+            "tests.training.dtype_spy",
+            "fit",
+            "recipes/tiny_cpu.yaml",
+            *OVERRIDES,
+            f"trainer.strategy={strategy}",
+            f"run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     records = {f: json.loads((spy / f).read_text()) for f in sorted(os.listdir(spy))}
@@ -132,6 +157,9 @@ def test_bf16_mixed_under_the_real_deepspeed_engine(tmp_path):
         assert len(keys) == TINY_MODEL["n_layer"] and all(module[k].dtype == torch.float32 for k in keys), name
     assert {v.dtype for v in module.values()} == {torch.float32}
     for rank in range(2):  # ZeRO-2: each rank's fp32 partition of the parameters and Adam moments
-        optim = torch.load(folder / "checkpoint" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt",
-                           map_location="cpu", weights_only=False)["optimizer_state_dict"]
+        optim = torch.load(
+            folder / "checkpoint" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt",
+            map_location="cpu",
+            weights_only=False,
+        )["optimizer_state_dict"]
         assert {t.dtype for t in optim["single_partition_of_fp32_groups"]} == {torch.float32}

@@ -27,7 +27,9 @@ STALL_S = 90  # the evaluation text's first read waits this long: longer than th
 def test_the_collective_timeout_is_a_recipe_setting(strategy):
     default = load_recipe("recipes/mamba2_370m_256k.yaml", [f"trainer.strategy={strategy}"])
     assert build_strategy(default)._timeout == timedelta(hours=1)  # torch's default is 30 minutes
-    cfg = load_recipe("recipes/mamba2_370m_256k.yaml", [f"trainer.strategy={strategy}", "trainer.collective_timeout_s=7200"])
+    cfg = load_recipe(
+        "recipes/mamba2_370m_256k.yaml", [f"trainer.strategy={strategy}", "trainer.collective_timeout_s=7200"]
+    )
     assert build_strategy(cfg)._timeout == timedelta(hours=2)
 
 
@@ -73,15 +75,28 @@ def test_a_stalled_evaluation_text_does_not_time_out_two_ranks(tmp_path):
     budget = 20  # each probe's time budget, below the collective timeout
     overrides = [
         *(f"model.{k}={v}" for k, v in TINY_MODEL.items() if k != "vocab_size"),
-        f"data.source={url}", "data.listing=en-sample-head_middle.txt", f"data.timeout_s={3 * STALL_S}",
-        "data.segments=3", "data.train_length=32", "data.batch_size=2",
-        "optim.total_steps=60", "optim.warmup_steps=3",
-        "trainer.strategy=ddp", "trainer.devices=2", "trainer.enable_progress_bar=false", "trainer.max_steps=6",
+        f"data.source={url}",
+        "data.listing=en-sample-head_middle.txt",
+        f"data.timeout_s={3 * STALL_S}",
+        "data.segments=3",
+        "data.train_length=32",
+        "data.batch_size=2",
+        "optim.total_steps=60",
+        "optim.warmup_steps=3",
+        "trainer.strategy=ddp",
+        "trainer.devices=2",
+        "trainer.enable_progress_bar=false",
+        "trainer.max_steps=6",
         f"trainer.collective_timeout_s={TIMEOUT_S}",
         # the two probes that read evaluation text, after every episode (S = 3 steps)
-        "probes.passkey.enabled=false", "probes.states.enabled=false", "probes.memory_lengths.enabled=false",
-        "probes.retention.every_n_steps=3", "probes.retention.length=256", f"probes.retention.time_budget_s={budget}",
-        "probes.position_loss.every_n_steps=3", "probes.position_loss.length=256",
+        "probes.passkey.enabled=false",
+        "probes.states.enabled=false",
+        "probes.memory_lengths.enabled=false",
+        "probes.retention.every_n_steps=3",
+        "probes.retention.length=256",
+        f"probes.retention.time_budget_s={budget}",
+        "probes.position_loss.every_n_steps=3",
+        "probes.position_loss.length=256",
         f"probes.position_loss.time_budget_s={budget}",
         f"run.dir={tmp_path}",
     ]
@@ -89,8 +104,13 @@ def test_a_stalled_evaluation_text_does_not_time_out_two_ranks(tmp_path):
     env["OMP_NUM_THREADS"] = "1"
     try:
         t0 = time.monotonic()
-        r = subprocess.run([sys.executable, "-m", "stuffed_mamba", "fit", "recipes/tiny_cpu.yaml", *overrides],
-                           capture_output=True, text=True, timeout=1200, env=env)
+        r = subprocess.run(
+            [sys.executable, "-m", "stuffed_mamba", "fit", "recipes/tiny_cpu.yaml", *overrides],
+            capture_output=True,
+            text=True,
+            timeout=1200,
+            env=env,
+        )
     finally:
         server.shutdown()
         server.server_close()

@@ -14,4 +14,6 @@ def test_predicted_thresholds_line_for_370m_and_for_a_tiny_state():
 
 def test_gradient_horizon_line():
     assert _horizon("truncated", 12, 65536).startswith("horizon 65,536 tokens (truncated BPTT")
-    assert _horizon("full", 12, 65536).startswith("horizon 786,432 tokens (full BPTT: exact through 12 segments x 65536")
+    assert _horizon("full", 12, 65536).startswith(
+        "horizon 786,432 tokens (full BPTT: exact through 12 segments x 65536"
+    )

@@ -46,7 +46,7 @@ def deep_equal(a, b) -> bool:
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(deep_equal(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(deep_equal(x, y) for x, y in zip(a, b))
+        return type(a) is type(b) and len(a) == len(b) and all(deep_equal(x, y) for x, y in zip(a, b, strict=True))
     return a == b
 
 
@@ -111,8 +111,12 @@ def test_usr1_checkpoints_requeues_and_resumes_exactly(tmp_path, monkeypatch, st
     before = signal.getsignal(signal.SIGUSR1)
 
     # sent after episode 2; the requeue callback sees it at the end of episode 3
-    first = fit(tiny_recipe(tmp_path, f"trainer.max_steps={2 * N}"), loader_factory=fake,
-                extra_callbacks=[SignalAtStep(2 * S)], log=lambda s: None)
+    first = fit(
+        tiny_recipe(tmp_path, f"trainer.max_steps={2 * N}"),
+        loader_factory=fake,
+        extra_callbacks=[SignalAtStep(2 * S)],
+        log=lambda s: None,
+    )
     assert first.requeued and requeued == ["4242"]
     assert first.global_step == 3 * S
     assert load_ckpt(tmp_path / "checkpoints/last.ckpt")["global_step"] == 3 * S
@@ -123,7 +127,9 @@ def test_usr1_checkpoints_requeues_and_resumes_exactly(tmp_path, monkeypatch, st
     monkeypatch.delenv("SLURM_JOB_ID")
     run(tmp_path, f"trainer.max_steps={2 * N}", "run.resume=auto")
     straight_dir, _ = straight
-    assert_same_checkpoint(load_ckpt(straight_dir / "checkpoints/last.ckpt"), load_ckpt(tmp_path / "checkpoints/last.ckpt"))
+    assert_same_checkpoint(
+        load_ckpt(straight_dir / "checkpoints/last.ckpt"), load_ckpt(tmp_path / "checkpoints/last.ckpt")
+    )
     assert scalars(straight_dir, "loss") == scalars(tmp_path, "loss")
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["last.ckpt"]
 
@@ -180,8 +186,11 @@ def test_each_rank_resumes_from_its_own_data_position():
 
     module = tiny_module()
     for rank in (0, 1):
-        ckpt = {"data_state_per_rank": [{"pos": "rank0"}, {"pos": "rank1"}], "world_size": 2,
-                "loops": {"fit_loop": {"state_dict": {"combined_loader": [{"pos": "rank0"}]}}}}
+        ckpt = {
+            "data_state_per_rank": [{"pos": "rank0"}, {"pos": "rank1"}],
+            "world_size": 2,
+            "loops": {"fit_loop": {"state_dict": {"combined_loader": [{"pos": "rank0"}]}}},
+        }
         module._trainer = SimpleNamespace(global_rank=rank, world_size=2)
         module.on_load_checkpoint(ckpt)
         assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"pos": f"rank{rank}"}]

@@ -21,7 +21,7 @@ def test_decay_covers_the_last_fraction_and_ends_at_min(decay):
     values = [lam(s, decay=decay, min_lr_ratio=0.1) for s in range(100)]
     assert values[89] == 1.0
     decaying = values[90:]
-    assert all(a > b for a, b in zip(decaying, decaying[1:])), "strictly decreasing over the decay"
+    assert all(a > b for a, b in zip(decaying[:-1], decaying[1:], strict=True)), "strictly decreasing over the decay"
     assert values[99] == pytest.approx(0.1)
     assert lam(100, decay=decay, min_lr_ratio=0.1) == pytest.approx(0.1)
     assert lam(10_000, decay=decay, min_lr_ratio=0.1) == pytest.approx(0.1)

@@ -5,7 +5,11 @@ from stuffed_mamba.training.slurm_env import apply_task_environment, task_enviro
 
 SCONTROL = {
     ("show", "hostnames", "gpu[07-08]"): "gpu07\ngpu08\n",
-    ("show", "node", "gpu07"): "NodeName=gpu07 Arch=x86_64 CoresPerSocket=32\n   NodeAddr=10.1.2.7 NodeHostName=gpu07\n",
+    (
+        "show",
+        "node",
+        "gpu07",
+    ): "NodeName=gpu07 Arch=x86_64 CoresPerSocket=32\n   NodeAddr=10.1.2.7 NodeHostName=gpu07\n",
 }
 
 
@@ -14,11 +18,21 @@ def fake_scontrol(*args):
 
 
 def test_a_task_gets_the_first_nodes_address_and_a_port_from_the_job():
-    environ = {"SLURM_JOB_ID": "123456", "SLURM_PROCID": "3", "SLURM_JOB_NODELIST": "gpu[07-08]",
-               "SLURM_CPUS_PER_TASK": "8", "NCCL_DEBUG": "INFO"}
+    environ = {
+        "SLURM_JOB_ID": "123456",
+        "SLURM_PROCID": "3",
+        "SLURM_JOB_NODELIST": "gpu[07-08]",
+        "SLURM_CPUS_PER_TASK": "8",
+        "NCCL_DEBUG": "INFO",
+    }
     env = task_environment(environ, fake_scontrol)
-    assert env == {"MASTER_ADDR": "10.1.2.7", "MASTER_PORT": str(20000 + 123456 % 20000), "OMP_NUM_THREADS": "8",
-                   "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "NCCL_DEBUG": "INFO"}
+    assert env == {
+        "MASTER_ADDR": "10.1.2.7",
+        "MASTER_PORT": str(20000 + 123456 % 20000),
+        "OMP_NUM_THREADS": "8",
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+        "NCCL_DEBUG": "INFO",
+    }
     line = apply_task_environment(environ, fake_scontrol)
     assert environ["MASTER_ADDR"] == "10.1.2.7" and "rendezvous 10.1.2.7:23456" in line
 
@@ -40,8 +54,12 @@ def test_the_thread_count_reaches_an_already_imported_torch(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", SimpleNamespace(set_num_threads=threads.append))
     for key in ("MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS", "TORCH_NCCL_ASYNC_ERROR_HANDLING", "NCCL_DEBUG"):
         monkeypatch.delenv(key, raising=False)  # restored after the test
-    for key, value in {"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_JOB_NODELIST": "gpu[07-08]",
-                       "SLURM_CPUS_PER_TASK": "3"}.items():
+    for key, value in {
+        "SLURM_JOB_ID": "7",
+        "SLURM_PROCID": "0",
+        "SLURM_JOB_NODELIST": "gpu[07-08]",
+        "SLURM_CPUS_PER_TASK": "3",
+    }.items():
         monkeypatch.setenv(key, value)
     apply_task_environment(os.environ, fake_scontrol)
     assert threads == [3] and os.environ["OMP_NUM_THREADS"] == "3"

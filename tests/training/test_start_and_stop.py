@@ -23,10 +23,18 @@ from tests.training.fakes import FakeEpisodeLoader
 S = 3
 TINY = "recipes/tiny_cpu.yaml"
 # recipes/tiny_cpu.yaml shrunk to seconds, on the real data pipeline (the CLI takes no fake loader)
-SMALL = [*(f"model.{k}={v}" for k, v in TINY_MODEL.items() if k != "vocab_size"),
-         "data.tokenizer=bytes", f"data.segments={S}", "data.train_length=16", "data.batch_size=2",
-         "optim.total_steps=60", "optim.warmup_steps=3", "probes.enabled=false", "trainer.enable_progress_bar=false",
-         "run.checkpoint_every_n_steps=6"]
+SMALL = [
+    *(f"model.{k}={v}" for k, v in TINY_MODEL.items() if k != "vocab_size"),
+    "data.tokenizer=bytes",
+    f"data.segments={S}",
+    "data.train_length=16",
+    "data.batch_size=2",
+    "optim.total_steps=60",
+    "optim.warmup_steps=3",
+    "probes.enabled=false",
+    "trainer.enable_progress_bar=false",
+    "run.checkpoint_every_n_steps=6",
+]
 
 
 def fake(rank, world_size):
@@ -39,8 +47,11 @@ def train(run_dir, *overrides, log=lambda s: None):
 
 def snapshot(folder: Path) -> dict:
     """Every file under `folder` with its size, mtime and content hash."""
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns, hashlib.sha1(p.read_bytes()).hexdigest())
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns, hashlib.sha1(p.read_bytes()).hexdigest())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def cli(capsys, *argv):
@@ -87,8 +98,16 @@ def test_export_of_a_damaged_checkpoint_is_one_line(finished, capsys, tmp_path):
 
 def test_an_architecture_change_on_resume_is_refused_in_one_line(finished, capsys):
     before = snapshot(finished)
-    rc, _, err = cli(capsys, "fit", TINY, *SMALL, f"run.dir={finished}", "trainer.max_steps=12", "run.resume=auto",
-                     "model.d_model=64")
+    rc, _, err = cli(
+        capsys,
+        "fit",
+        TINY,
+        *SMALL,
+        f"run.dir={finished}",
+        "trainer.max_steps=12",
+        "run.resume=auto",
+        "model.d_model=64",
+    )
     assert rc == 2
     line = one_line(err)
     assert "d_model=32" in line and "d_model=64" in line and "architecture cannot change" in line
@@ -165,8 +184,18 @@ def test_ctrl_c_stops_at_an_episode_boundary_and_the_rerun_is_bit_identical(tmp_
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
     def command(run_dir):
-        return [sys.executable, "-m", "stuffed_mamba", "fit", TINY, *SMALL, f"run.dir={run_dir}",
-                f"trainer.max_steps={steps}", f"optim.total_steps={steps}", "run.checkpoint_every_n_steps=1000"]
+        return [
+            sys.executable,
+            "-m",
+            "stuffed_mamba",
+            "fit",
+            TINY,
+            *SMALL,
+            f"run.dir={run_dir}",
+            f"trainer.max_steps={steps}",
+            f"optim.total_steps={steps}",
+            "run.checkpoint_every_n_steps=1000",
+        ]
 
     straight = tmp_path / "straight"
     subprocess.run(command(straight), check=True, capture_output=True, env=env, timeout=600)
@@ -185,8 +214,11 @@ def test_ctrl_c_stops_at_an_episode_boundary_and_the_rerun_is_bit_identical(tmp_
     assert 0 < stopped < steps and stopped % S == 0  # an episode boundary, before the end
     assert f"interrupted (Ctrl-C) at optimiser step {stopped}" in out
     again = out.split("continue with: ")[1].splitlines()[0]
-    assert again.startswith("stuffed-mamba fit recipes/tiny_cpu.yaml") and again.endswith("run.resume=auto") or \
-        "run.resume" not in again  # tiny_cpu resumes by default
+    assert (
+        again.startswith("stuffed-mamba fit recipes/tiny_cpu.yaml")
+        and again.endswith("run.resume=auto")
+        or "run.resume" not in again
+    )  # tiny_cpu resumes by default
 
     subprocess.run(command(split), check=True, capture_output=True, env=env, timeout=600)
     a, b = load_ckpt(straight / "checkpoints/last.ckpt"), load_ckpt(split / "checkpoints/last.ckpt")

@@ -16,17 +16,22 @@ from stuffed_mamba.training.strategy import build_strategy
 from tests.training.common import tiny_module, tiny_recipe
 from tests.training.fakes import FakeEpisodeLoader
 
-DEEPSPEED_RECIPES = sorted(
-    str(p) for p in Path("recipes").glob("*.yaml") if "strategy: deepspeed" in p.read_text()
-)
+DEEPSPEED_RECIPES = sorted(str(p) for p in Path("recipes").glob("*.yaml") if "strategy: deepspeed" in p.read_text())
 
 
 def formatted(cfg, module=None):
     """What Lightning hands to deepspeed.initialize: the strategy's config after _format_config()."""
     strategy = build_strategy(cfg)
     assert isinstance(strategy, DeepSpeedStrategy)
-    trainer = L.Trainer(strategy=strategy, accelerator="cpu", devices=1, precision=cfg.trainer.precision,
-                        logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        strategy=strategy,
+        accelerator="cpu",
+        devices=1,
+        precision=cfg.trainer.precision,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     module = module or tiny_module()
     strategy._lightning_module = module
     module.trainer = trainer
@@ -36,7 +41,10 @@ def formatted(cfg, module=None):
 
 def test_the_256k_recipes_use_deepspeed():
     assert {Path(p).name for p in DEEPSPEED_RECIPES} >= {
-        "mamba2_130m_256k.yaml", "mamba2_370m_256k.yaml", "mamba2_780m_256k.yaml"}
+        "mamba2_130m_256k.yaml",
+        "mamba2_370m_256k.yaml",
+        "mamba2_780m_256k.yaml",
+    }
 
 
 @pytest.mark.parametrize("recipe", DEEPSPEED_RECIPES)
@@ -78,8 +86,15 @@ def test_under_slurm_lightnings_auto_requeue_is_off(tmp_path, monkeypatch):
 
     from stuffed_mamba.training.fit import build_trainer
 
-    for k, v in dict(SLURM_NTASKS="1", SLURM_JOB_ID="5", SLURM_JOB_NAME="train", SLURM_PROCID="0",
-                     SLURM_LOCALID="0", SLURM_NODEID="0", SLURM_NODELIST="localhost").items():
+    for k, v in dict(
+        SLURM_NTASKS="1",
+        SLURM_JOB_ID="5",
+        SLURM_JOB_NAME="train",
+        SLURM_PROCID="0",
+        SLURM_LOCALID="0",
+        SLURM_NODEID="0",
+        SLURM_NODELIST="localhost",
+    ).items():
         monkeypatch.setenv(k, v)
     trainer = build_trainer(tiny_recipe(tmp_path), [])
     env = trainer._accelerator_connector.cluster_environment
@@ -93,6 +108,9 @@ def test_bf16_trains_on_the_cpu(precision, tmp_path):
 
     from stuffed_mamba.training.fit import fit
 
-    r = fit(tiny_recipe(tmp_path, f"trainer.precision={precision}", "trainer.max_steps=6"),
-            loader_factory=lambda r, w: FakeEpisodeLoader(rank=r, world_size=w), log=lambda s: None)
+    r = fit(
+        tiny_recipe(tmp_path, f"trainer.precision={precision}", "trainer.max_steps=6"),
+        loader_factory=lambda r, w: FakeEpisodeLoader(rank=r, world_size=w),
+        log=lambda s: None,
+    )
     assert r.global_step == 6 and r.nonfinite_skipped == 0 and math.isfinite(r.final_loss)

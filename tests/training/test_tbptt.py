@@ -25,22 +25,27 @@ class Recorder:
         forward = model.forward
 
         def recording_forward(input_ids, state=None, labels=None):
-            self.calls.append(dict(
-                input_ids=input_ids.clone(), labels=None if labels is None else labels.clone(),
-                state=None if state is None else copy.deepcopy(state),
-                state_has_graph=state is not None and any(
-                    t.requires_grad for layer in state.layers for t in (layer.conv, layer.ssm)),
-            ))
+            self.calls.append(
+                dict(
+                    input_ids=input_ids.clone(),
+                    labels=None if labels is None else labels.clone(),
+                    state=None if state is None else copy.deepcopy(state),
+                    state_has_graph=state is not None
+                    and any(t.requires_grad for layer in state.layers for t in (layer.conv, layer.ssm)),
+                )
+            )
             return forward(input_ids, state=state, labels=labels)
 
         model.forward = recording_forward
         clip = module._clip_gradients
 
         def recording_clip():
-            self.steps.append(dict(
-                params={n: p.detach().clone() for n, p in model.named_parameters()},
-                grads={n: p.grad.detach().clone() for n, p in model.named_parameters()},
-            ))
+            self.steps.append(
+                dict(
+                    params={n: p.detach().clone() for n, p in model.named_parameters()},
+                    grads={n: p.grad.detach().clone() for n, p in model.named_parameters()},
+                )
+            )
             return clip()
 
         module._clip_gradients = recording_clip
@@ -68,7 +73,9 @@ def recorded_run():
     torch.manual_seed(0)
     module = tiny_module()
     rec = Recorder(module)
-    bare_trainer(max_steps=2 * S).fit(module, train_dataloaders=FakeEpisodeLoader(batch_size=B, segments=S, train_length=T))
+    bare_trainer(max_steps=2 * S).fit(
+        module, train_dataloaders=FakeEpisodeLoader(batch_size=B, segments=S, train_length=T)
+    )
     return module, rec
 
 
@@ -76,7 +83,7 @@ def test_segment_gradient_equals_hand_gradient_from_detached_state(recorded_run)
     module, rec = recorded_run
     assert len(rec.calls) == len(rec.steps) == 2 * S  # one optimiser step per segment
     carried = None
-    for k, (call, step) in enumerate(zip(rec.calls, rec.steps)):
+    for k, (call, step) in enumerate(zip(rec.calls, rec.steps, strict=True)):
         if k % S == 0:
             carried = None  # an episode starts from zeros
         grads, ref = hand_grads(module, step["params"], call, carried)
@@ -173,7 +180,9 @@ def test_graph_of_earlier_segments_is_freed():
 
     module._optimizer_step = metered_step
     with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
-        bare_trainer(max_steps=6).fit(module, train_dataloaders=FakeEpisodeLoader(batch_size=B, segments=6, train_length=T))
+        bare_trainer(max_steps=6).fit(
+            module, train_dataloaders=FakeEpisodeLoader(batch_size=B, segments=6, train_length=T)
+        )
     assert len(after_forward) == 6
     assert after_forward[0] > 0
     assert min(after_forward) == max(after_forward)

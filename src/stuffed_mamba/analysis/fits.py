@@ -159,8 +159,14 @@ def fit_linear(x, y, *, x_unit: float = PAPER_UNITS[0], y_unit: float = PAPER_UN
     dof = x.size - 2
     cov = np.linalg.inv(X.T @ X) * (resid @ resid / dof) if dof > 0 else np.full((2, 2), np.inf)
     return LinearLaw(
-        a=float(a), b=float(b), x_unit=x_unit, y_unit=y_unit,
-        cov=_cov_or_none(cov, dof), r2=r_squared(y, X @ np.array([a, b])), n=x.size, source="fit",
+        a=float(a),
+        b=float(b),
+        x_unit=x_unit,
+        y_unit=y_unit,
+        cov=_cov_or_none(cov, dof),
+        r2=r_squared(y, X @ np.array([a, b])),
+        n=x.size,
+        source="fit",
     )
 
 
@@ -195,8 +201,15 @@ def fit_exponential(
     dof = x.size - 3
     a, c, b = (float(v) for v in p)
     return ExponentialLaw(
-        a=a, c=c, b=b, x_unit=x_unit, y_unit=y_unit,
-        cov=_cov_or_none(cov, dof), r2=r_squared(y, law._f(x, a, c, b)), n=x.size, source="fit",
+        a=a,
+        c=c,
+        b=b,
+        x_unit=x_unit,
+        y_unit=y_unit,
+        cov=_cov_or_none(cov, dof),
+        r2=r_squared(y, law._f(x, a, c, b)),
+        n=x.size,
+        source="fit",
     )
 
 

@@ -23,7 +23,9 @@ def predicted_thresholds(model_cfg: Any) -> dict[str, float]:
     }
 
 
-def forget_threshold_warning(model_cfg: Any, train_length: int, *, segments: int = 1, bptt: str = "truncated") -> str | None:
+def forget_threshold_warning(
+    model_cfg: Any, train_length: int, *, segments: int = 1, bptt: str = "truncated"
+) -> str | None:
     """A one-paragraph warning when the gradient horizon < the paper's predicted T_forget, else None.
 
     Called by `stuffed-mamba fit` at start-up with the recipe's model section, `data.train_length`
@@ -41,7 +43,7 @@ def forget_threshold_warning(model_cfg: Any, train_length: int, *, segments: int
         fix = f"use data.segments x data.train_length >= {need}"
     else:
         what = f"train_length {train_length} (the gradient horizon of truncated BPTT)"
-        fix = (f"use train_length >= {need}, or optim.bptt=full with data.segments x data.train_length >= {need}")
+        fix = f"use train_length >= {need}, or optim.bptt=full with data.segments x data.train_length >= {need}"
     return (
         f"{what} is below the forgetting threshold predicted for this state size: "
         f"N_S = {p['state_size'] / 1e6:.2f}M floats gives T_forget = 5.172*N_S - 4.469 "

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -46,12 +47,14 @@ def plot_forget_law(
         for t, ok in th.runs:
             if ok is None:
                 continue
-            ax.scatter([x], [t / y_unit], marker="o" if ok else "x", s=28,
-                       color="tab:green" if ok else "tab:red", zorder=3)
+            ax.scatter(
+                [x], [t / y_unit], marker="o" if ok else "x", s=28, color="tab:green" if ok else "tab:red", zorder=3
+            )
         if th.t_forget is not None and th.censored != "no_data":
             marker = {"none": "D", "above": "^", "at_or_below": "v"}[th.censored]
-            ax.scatter([x], [th.t_forget / y_unit], marker=marker, s=90, facecolors="none",
-                       edgecolors="black", zorder=4)
+            ax.scatter(
+                [x], [th.t_forget / y_unit], marker=marker, s=90, facecolors="none", edgecolors="black", zorder=4
+            )
     xs_data = [th.state_size / x_unit for th in ths] or [0.0, 1.0]
     lo, hi = min(xs_data), max(xs_data)
     xs = np.linspace(lo - 0.1 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9), 200)
@@ -62,11 +65,16 @@ def plot_forget_law(
     # legend entries for the markers
     ax.scatter([], [], marker="o", color="tab:green", label="learned to forget")
     ax.scatter([], [], marker="x", color="tab:red", label="did not learn to forget")
-    ax.scatter([], [], marker="D", facecolors="none", edgecolors="black",
-               label="T_forget (^ above / v at or below the sweep)")
+    ax.scatter(
+        [], [], marker="D", facecolors="none", edgecolors="black", label="T_forget (^ above / v at or below the sweep)"
+    )
     ax.set_xlabel(f"state size N_S ({unit_name(x_unit)} floats)".replace("( ", "("))
     ax.set_ylabel(f"training length T_train ({unit_name(y_unit)} tokens)".replace("( ", "("))
-    how = "loss beyond T_train < 2x max within (sec. 4.2)" if criterion == "paper" else f"late loss rise <= {criterion[5:]} nats"
+    how = (
+        "loss beyond T_train < 2x max within (sec. 4.2)"
+        if criterion == "paper"
+        else f"late loss rise <= {criterion[5:]} nats"
+    )
     ax.set_title(f"Forget threshold vs state size (paper fig. 11)\nlearned to forget: {how}", fontsize=10)
     ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
@@ -87,10 +95,9 @@ def plot_recall_law(
     pts = [(th.state_size / x_unit, th.t_recall / y_unit) for th in ths if th.t_recall is not None]
     none = [th.state_size / x_unit for th in ths if th.t_recall is None]
     if pts:
-        ax.scatter(*zip(*pts), color="black", zorder=3, label="T_recall (>= 95% passkey accuracy)")
+        ax.scatter(*zip(*pts, strict=True), color="black", zorder=3, label="T_recall (>= 95% passkey accuracy)")
     if none:
-        ax.scatter(none, [0.0] * len(none), marker="x", color="tab:red", zorder=3,
-                   label="no tested length reached 95%")
+        ax.scatter(none, [0.0] * len(none), marker="x", color="tab:red", zorder=3, label="no tested length reached 95%")
     xs_data = [th.state_size / x_unit for th in ths] or [0.0, 1.0]
     lo, hi = min(xs_data), max(xs_data)
     xs = np.linspace(lo - 0.1 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9), 200)

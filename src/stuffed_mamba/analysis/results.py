@@ -17,8 +17,9 @@ import csv
 import json
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 REQUIRED = ("state_size", "train_length")
 # the probes' columns the analysis reads: (sweep column, older tables' name)
@@ -31,11 +32,25 @@ def column(row: dict[str, Any], names: tuple[str, ...]) -> Any:
     """The first of `names` the row has (None when none)."""
     return next((row[n] for n in names if n in row), None)
 
+
 # column order for printing and CSV export; extra keys are kept after these
 COLUMNS = (
-    "cell", "model", "state_size", "train_length", "segments", "max_steps", "tokens_trained",
-    "final_train_loss", "position_loss/max_within", "position_loss/max_beyond", "position_loss/beyond_over_within",
-    "position_loss/learned_to_forget", "passkey/T_recall", "fit_seconds", "eval_seconds", "status",
+    "cell",
+    "model",
+    "state_size",
+    "train_length",
+    "segments",
+    "max_steps",
+    "tokens_trained",
+    "final_train_loss",
+    "position_loss/max_within",
+    "position_loss/max_beyond",
+    "position_loss/beyond_over_within",
+    "position_loss/learned_to_forget",
+    "passkey/T_recall",
+    "fit_seconds",
+    "eval_seconds",
+    "status",
 )
 
 

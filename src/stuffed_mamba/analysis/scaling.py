@@ -12,10 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from stuffed_mamba.analysis.fits import (
-    PAPER_T_FORGET, PAPER_T_RECALL, PAPER_UNITS, ExponentialLaw, LinearLaw,
-    fit_exponential, fit_linear, pick_unit, unit_name,
+    PAPER_T_FORGET,
+    PAPER_T_RECALL,
+    PAPER_UNITS,
+    ExponentialLaw,
+    LinearLaw,
+    fit_exponential,
+    fit_linear,
+    pick_unit,
+    unit_name,
 )
 from stuffed_mamba.analysis.results import LATE_LOSS_RISE, LEARNED_TO_FORGET, T_RECALL, column, read_results, write_csv
 from stuffed_mamba.analysis.thresholds import Threshold, thresholds
@@ -38,20 +44,34 @@ class ScalingReport:
         def law(l):
             if l is None:
                 return None
-            return {"formula": l.formula(), "params": dict(zip(_names(l), l.params)),
-                    "stderr": dict(zip(_names(l), l.stderr())), "r2": l.r2, "n": l.n,
-                    "x_unit": l.x_unit, "y_unit": l.y_unit}
+            return {
+                "formula": l.formula(),
+                "params": dict(zip(_names(l), l.params, strict=True)),
+                "stderr": dict(zip(_names(l), l.stderr(), strict=True)),
+                "r2": l.r2,
+                "n": l.n,
+                "x_unit": l.x_unit,
+                "y_unit": l.y_unit,
+            }
 
         return {
-            "n_rows": len(self.rows), "skipped_rows": self.skipped, "criterion": self.criterion,
+            "n_rows": len(self.rows),
+            "skipped_rows": self.skipped,
+            "criterion": self.criterion,
             "units": {"state_size": self.x_unit, "length": self.y_unit},
             "thresholds": [t.as_dict() for t in self.thresholds],
-            "forget_fit": law(self.forget_fit), "recall_fit": law(self.recall_fit),
+            "forget_fit": law(self.forget_fit),
+            "recall_fit": law(self.recall_fit),
             "paper_prediction": [
-                {"state_size": t.state_size, "t_forget": float(PAPER_T_FORGET.tokens(t.state_size)),
-                 "t_recall": float(PAPER_T_RECALL.tokens(t.state_size))} for t in self.thresholds
+                {
+                    "state_size": t.state_size,
+                    "t_forget": float(PAPER_T_FORGET.tokens(t.state_size)),
+                    "t_recall": float(PAPER_T_RECALL.tokens(t.state_size)),
+                }
+                for t in self.thresholds
             ],
-            "notes": self.notes, "plots": [str(p) for p in self.plots],
+            "notes": self.notes,
+            "plots": [str(p) for p in self.plots],
         }
 
 
@@ -91,17 +111,24 @@ def analyze(
         elif t.censored == "no_data":
             rep.notes.append(f"N_S={t.state_size}: no run has a learned_to_forget verdict")
         if not t.monotone:
-            rep.notes.append(f"N_S={t.state_size}: not monotone in T_train (runs {t.runs}); T_forget taken from the longest runs")
+            rep.notes.append(
+                f"N_S={t.state_size}: not monotone in T_train (runs {t.runs}); T_forget taken from the longest runs"
+            )
     if len(exact) >= 2:
-        rep.forget_fit = fit_linear([t.state_size / x_unit for t in exact], [t.t_forget / y_unit for t in exact],
-                                    x_unit=x_unit, y_unit=y_unit)
+        rep.forget_fit = fit_linear(
+            [t.state_size / x_unit for t in exact], [t.t_forget / y_unit for t in exact], x_unit=x_unit, y_unit=y_unit
+        )
     else:
         rep.notes.append(f"T_forget law not fitted: {len(exact)} state size(s) with an exact threshold, 2 needed")
     recall = [t for t in ths if t.t_recall is not None]
     if len(recall) >= 3:
         try:
-            rep.recall_fit = fit_exponential([t.state_size / x_unit for t in recall],
-                                             [t.t_recall / y_unit for t in recall], x_unit=x_unit, y_unit=y_unit)
+            rep.recall_fit = fit_exponential(
+                [t.state_size / x_unit for t in recall],
+                [t.t_recall / y_unit for t in recall],
+                x_unit=x_unit,
+                y_unit=y_unit,
+            )
         except ValueError as e:
             rep.notes.append(f"T_recall law not fitted: {e}")
     else:
@@ -117,11 +144,23 @@ def analyze(
             in_paper_range = x_unit >= 1e6
             paper_f = _rescaled(PAPER_T_FORGET, x_unit, y_unit) if in_paper_range else None
             paper_r = _rescaled(PAPER_T_RECALL, x_unit, y_unit) if in_paper_range else None
-            rep.plots.append(plot_forget_law(ths, out / "forget_law.png", fit=rep.forget_fit, paper=paper_f,
-                                             x_unit=x_unit, y_unit=y_unit, criterion=criterion))
+            rep.plots.append(
+                plot_forget_law(
+                    ths,
+                    out / "forget_law.png",
+                    fit=rep.forget_fit,
+                    paper=paper_f,
+                    x_unit=x_unit,
+                    y_unit=y_unit,
+                    criterion=criterion,
+                )
+            )
             if any(t.t_recall is not None for t in ths) or any(column(r, T_RECALL) is not None for r in rows):
-                rep.plots.append(plot_recall_law(ths, out / "recall_law.png", fit=rep.recall_fit, paper=paper_r,
-                                                 x_unit=x_unit, y_unit=y_unit))
+                rep.plots.append(
+                    plot_recall_law(
+                        ths, out / "recall_law.png", fit=rep.recall_fit, paper=paper_r, x_unit=x_unit, y_unit=y_unit
+                    )
+                )
             rep.plots.extend(_position_loss_plots(results, rows, out))
         write_csv(rows, out / "results.csv")
         (out / "scaling.json").write_text(json.dumps(rep.as_dict(), indent=2, default=_jsonable))
@@ -141,14 +180,21 @@ def _position_loss_plots(results, rows, out: Path) -> list[Path]:
         if r.get("cell") and f is not None:
             c = json.loads(f.read_text())
             if "bucket_loss" in c:  # the probe's summary (older sweeps saved the curve alone)
-                c = {"positions": c["bucket_positions"], "loss": c["bucket_loss"], "train_length": c["train_length"],
-                     "learned_to_forget": c["learned_to_forget"]}
+                c = {
+                    "positions": c["bucket_positions"],
+                    "loss": c["bucket_loss"],
+                    "train_length": c["train_length"],
+                    "learned_to_forget": c["learned_to_forget"],
+                }
             c["label"] = f"T_train={r['train_length']}"
             by_model.setdefault(str(r.get("model")), []).append(c)
     return [
-        plot_position_loss(curves, out / f"position_loss_{model}.png",
-                           title=f"{model} (N_S = {next(int(r['state_size']) for r in rows if str(r.get('model')) == model):,}): "
-                                 "loss vs position")
+        plot_position_loss(
+            curves,
+            out / f"position_loss_{model}.png",
+            title=f"{model} (N_S = {next(int(r['state_size']) for r in rows if str(r.get('model')) == model):,}): "
+            "loss vs position",
+        )
         for model, curves in by_model.items()
     ]
 
@@ -158,7 +204,7 @@ def _rescaled(law, x_unit: float, y_unit: float):
     sx, sy = x_unit / law.x_unit, law.y_unit / y_unit
     if isinstance(law, LinearLaw):
         return LinearLaw(a=law.a * sx * sy, b=law.b * sy, x_unit=x_unit, y_unit=y_unit, source=law.source)
-    return ExponentialLaw(a=law.a * sy, c=law.c ** sx, b=law.b * sy, x_unit=x_unit, y_unit=y_unit, source=law.source)
+    return ExponentialLaw(a=law.a * sy, c=law.c**sx, b=law.b * sy, x_unit=x_unit, y_unit=y_unit, source=law.source)
 
 
 def _jsonable(v):
@@ -171,22 +217,34 @@ def _jsonable(v):
 
 def format_report(rep: ScalingReport) -> str:
     xu, yu = unit_name(rep.x_unit), unit_name(rep.y_unit)
-    lines = [f"{len(rep.rows)} runs" + (f" ({rep.skipped} unusable rows skipped)" if rep.skipped else "")
-             + f"; learned to forget by criterion: {rep.criterion}", ""]
-    runs = {t.state_size: " ".join(f"{tt}{'+' if ok else ('-' if ok is False else '?')}" for tt, ok in t.runs)
-            for t in rep.thresholds}
+    lines = [
+        f"{len(rep.rows)} runs"
+        + (f" ({rep.skipped} unusable rows skipped)" if rep.skipped else "")
+        + f"; learned to forget by criterion: {rep.criterion}",
+        "",
+    ]
+    runs = {
+        t.state_size: " ".join(f"{tt}{'+' if ok else ('-' if ok is False else '?')}" for tt, ok in t.runs)
+        for t in rep.thresholds
+    }
     w = max([len("runs: T_train (+ forgets)")] + [len(r) for r in runs.values()])
     lines.append(f"{'N_S':>12} {'model':<14} {'runs: T_train (+ forgets)':<{w}} {'T_forget':>10} {'T_recall':>9}")
     for t in rep.thresholds:
-        tf = "n/a" if t.t_forget is None else {"none": "", "above": ">", "at_or_below": "<="}[t.censored] + str(t.t_forget)
+        tf = (
+            "n/a"
+            if t.t_forget is None
+            else {"none": "", "above": ">", "at_or_below": "<="}[t.censored] + str(t.t_forget)
+        )
         tr = "none" if t.t_recall is None else str(t.t_recall)
         lines.append(f"{t.state_size:>12,} {t.model[:14]:<14} {runs[t.state_size]:<{w}} {tf:>10} {tr:>9}")
     lines.append("")
     for name, law in (("T_forget", rep.forget_fit), ("T_recall", rep.recall_fit)):
         if law is None:
             continue
-        se = ", ".join(f"{n}={v:.4g}+-{s:.2g}" for n, v, s in zip(_names(law), law.params, law.stderr()))
-        lines.append(f"{name} fit (N_S in {(xu + ' floats').strip()}, T in {(yu + ' tokens').strip()}): {law.formula(4)}  R^2={law.r2:.4f}  n={law.n}  [{se}]")
+        se = ", ".join(f"{n}={v:.4g}+-{s:.2g}" for n, v, s in zip(_names(law), law.params, law.stderr(), strict=True))
+        lines.append(
+            f"{name} fit (N_S in {(xu + ' floats').strip()}, T in {(yu + ' tokens').strip()}): {law.formula(4)}  R^2={law.r2:.4f}  n={law.n}  [{se}]"
+        )
     for note in rep.notes:
         lines.append(f"note: {note}")
     for p in rep.plots:
@@ -201,25 +259,44 @@ def format_markdown(rep: ScalingReport) -> str:
     def f(v, spec=".3f"):
         return "" if v is None else (format(v, spec) if isinstance(v, float) else str(v))
 
-    out = ["| cell | N_S | T_train | steps | final train loss | max loss <= T_train | max loss > T_train | ratio "
-           "| learned_to_forget (2x) | late loss rise | forgets by " + rep.criterion + " | passkey acc | T_recall |",
-           "|" + "---|" * 13]
+    out = [
+        "| cell | N_S | T_train | steps | final train loss | max loss <= T_train | max loss > T_train | ratio "
+        "| learned_to_forget (2x) | late loss rise | forgets by " + rep.criterion + " | passkey acc | T_recall |",
+        "|" + "---|" * 13,
+    ]
     for r in sorted(rep.rows, key=lambda r: (int(r["state_size"]), int(r["train_length"]))):
-        acc = r.get("passkey_accuracy") or {k[len("passkey/acc/T="):]: v for k, v in r.items()
-                                            if k.startswith("passkey/acc/T=")}
+        acc = r.get("passkey_accuracy") or {
+            k[len("passkey/acc/T=") :]: v for k, v in r.items() if k.startswith("passkey/acc/T=")
+        }
         ltf = column(r, LEARNED_TO_FORGET)
-        out.append("| " + " | ".join([
-            str(r.get("cell", "")), f"{int(r['state_size']):,}", str(r["train_length"]), f(r.get("max_steps")),
-            f(r.get("final_train_loss")), f(column(r, ("position_loss/max_within", "max_loss_within"))),
-            f(column(r, ("position_loss/max_beyond", "max_loss_beyond"))),
-            f(column(r, ("position_loss/beyond_over_within", "loss_ratio")), ".2f"),
-            f(None if ltf in (None, "") else bool(ltf)), f(column(r, LATE_LOSS_RISE), "+.3f"),
-            f(verdict(r, rep.criterion)), " ".join(f"{k}:{v:.2f}" for k, v in acc.items()), f(column(r, T_RECALL)),
-        ]) + " |")
+        out.append(
+            "| "
+            + " | ".join(
+                [
+                    str(r.get("cell", "")),
+                    f"{int(r['state_size']):,}",
+                    str(r["train_length"]),
+                    f(r.get("max_steps")),
+                    f(r.get("final_train_loss")),
+                    f(column(r, ("position_loss/max_within", "max_loss_within"))),
+                    f(column(r, ("position_loss/max_beyond", "max_loss_beyond"))),
+                    f(column(r, ("position_loss/beyond_over_within", "loss_ratio")), ".2f"),
+                    f(None if ltf in (None, "") else bool(ltf)),
+                    f(column(r, LATE_LOSS_RISE), "+.3f"),
+                    f(verdict(r, rep.criterion)),
+                    " ".join(f"{k}:{v:.2f}" for k, v in acc.items()),
+                    f(column(r, T_RECALL)),
+                ]
+            )
+            + " |"
+        )
     out += ["", f"| N_S | runs (T_train, + forgets by {rep.criterion}) | T_forget | T_recall |", "|---|---|---|---|"]
     for t in rep.thresholds:
         runs = " ".join(f"{tt}{'+' if ok else ('-' if ok is False else '?')}" for tt, ok in t.runs)
-        tf = "n/a" if t.t_forget is None else {"none": "", "above": "> ", "at_or_below": "<= "}[t.censored] + str(t.t_forget)
+        tf = (
+            "n/a"
+            if t.t_forget is None
+            else {"none": "", "above": "> ", "at_or_below": "<= "}[t.censored] + str(t.t_forget)
+        )
         out.append(f"| {t.state_size:,} | {runs} | {tf} | {t.t_recall if t.t_recall is not None else 'none'} |")
     return "\n".join(out)
-

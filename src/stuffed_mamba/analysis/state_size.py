@@ -16,9 +16,10 @@ YAML whose `model:` section holds the fields.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from stuffed_mamba.model.config import Mamba2Config
 
@@ -63,8 +64,15 @@ class StateSize:
     @property
     def config(self) -> Mamba2Config:
         """The Mamba2Config of these shape fields: it holds the one N_S formula."""
-        return Mamba2Config(d_model=self.d_model, n_layer=self.n_layer, d_state=self.d_state, d_conv=self.d_conv,
-                            expand=self.expand, headdim=self.headdim, ngroups=self.ngroups)
+        return Mamba2Config(
+            d_model=self.d_model,
+            n_layer=self.n_layer,
+            d_state=self.d_state,
+            d_conv=self.d_conv,
+            expand=self.expand,
+            headdim=self.headdim,
+            ngroups=self.ngroups,
+        )
 
     @property
     def nheads(self) -> int:  # H
@@ -111,7 +119,7 @@ def from_fields(fields: Mapping[str, Any], name: str = "") -> StateSize:
     shape = {k: int(fields.get(k) if fields.get(k) is not None else v) for k, v in SHAPE_DEFAULTS.items()}
     d_model, n_layer = int(fields["d_model"]), int(fields["n_layer"])
     size = StateSize(name, d_model, n_layer, **shape)
-    size.config  # Mamba2Config's checks: d_inner a multiple of headdim, nheads of ngroups
+    _ = size.config  # Mamba2Config's checks: d_inner a multiple of headdim, nheads of ngroups
     return size
 
 

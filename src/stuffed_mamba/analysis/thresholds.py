@@ -14,8 +14,9 @@ state size (appendix F.1 selects checkpoints by passkey validation).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from stuffed_mamba.analysis.results import LATE_LOSS_RISE, LEARNED_TO_FORGET, T_RECALL, column
 
@@ -32,8 +33,12 @@ class Threshold:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "state_size": self.state_size, "model": self.model, "t_forget": self.t_forget,
-            "censored": self.censored, "monotone": self.monotone, "t_recall": self.t_recall,
+            "state_size": self.state_size,
+            "model": self.model,
+            "t_forget": self.t_forget,
+            "censored": self.censored,
+            "monotone": self.monotone,
+            "t_recall": self.t_recall,
             "runs": [list(r) for r in self.runs],
         }
 

@@ -20,8 +20,14 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("recipe", help="recipe YAML, e.g. recipes/mamba2_370m_256k.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, as for fit")
-    p.add_argument("--skip", action="append", default=[], choices=CHECK_NAMES, metavar="CHECK",
-                   help=f"leave a check out (repeatable): {', '.join(CHECK_NAMES)}")
+    p.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=CHECK_NAMES,
+        metavar="CHECK",
+        help=f"leave a check out (repeatable): {', '.join(CHECK_NAMES)}",
+    )
     p.set_defaults(func=run)
 
 

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import sys
 import time
+import types
 import typing
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from stuffed_mamba.cli import CLIError
 
 
 def parse_length(text: str) -> int:
-    """"4096", "4K" (x1024), "1M" (x2^20)."""
+    """ "4096", "4K" (x1024), "1M" (x2^20)."""
     t = text.strip().upper()
     mult = {"K": 1 << 10, "M": 1 << 20}.get(t[-1:], 1)
     try:
@@ -44,8 +45,9 @@ def _comma(kind):
 
 
 def add_parser(subparsers, argv: list[str] | None = None) -> None:
-    p = subparsers.add_parser("eval", help="run a forgetting probe on a checkpoint",
-                              description=__doc__.split("\n\n")[0])
+    p = subparsers.add_parser(
+        "eval", help="run a forgetting probe on a checkpoint", description=__doc__.split("\n\n")[0]
+    )
     if argv is not None and argv[:1] != ["eval"]:
         return  # another command: the probes (and torch) need not be imported to parse it
     from stuffed_mamba.probes.registry import all_probes, cli_fields
@@ -61,15 +63,21 @@ def add_parser(subparsers, argv: list[str] | None = None) -> None:
             flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             shown = "" if default is None else f" (default: {default})"
-            sp.add_argument(flag, dest=f"cfg_{f.name}", metavar=f.name.upper(), default=None,
-                            type=_parser(tp, f.metadata.get("tokens")), choices=f.metadata.get("choices"),
-                            help=f.metadata.get("help", "") + shown)
+            sp.add_argument(
+                flag,
+                dest=f"cfg_{f.name}",
+                metavar=f.name.upper(),
+                default=None,
+                type=_parser(tp, f.metadata.get("tokens")),
+                choices=f.metadata.get("choices"),
+                help=f.metadata.get("help", "") + shown,
+            )
         sp.set_defaults(func=run, probe_name=probe.name)
 
 
 def _parser(tp, tokens: bool):
     args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if typing.get_origin(tp) is typing.Union and args:  # Optional[X]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and args:  # Optional[X], X | None
         tp = args[0]
     if typing.get_origin(tp) is list:
         (item,) = typing.get_args(tp)
@@ -79,12 +87,17 @@ def _parser(tp, tokens: bool):
 
 def _common(sp) -> None:
     sp.add_argument("--checkpoint", required=True, help="Lightning .ckpt or checkpoint folder")
-    sp.add_argument("--out", default=None,
-                    help="output folder (default: {run.dir}/eval for a checkpoint of `fit`, else ./eval)")
+    sp.add_argument(
+        "--out", default=None, help="output folder (default: {run.dir}/eval for a checkpoint of `fit`, else ./eval)"
+    )
     sp.add_argument("--tokenizer", help="tokenizer spec (default: the run's recipe, or the folder's tokenizer.json)")
     sp.add_argument("--train-length", type=parse_length, help="T_train (default: the run's recipe)")
-    sp.add_argument("--intervention", action="append", metavar="SPEC",
-                    help="none | rri[:A,B] | longmamba[:S] | window:W; repeat to compare (default: none)")
+    sp.add_argument(
+        "--intervention",
+        action="append",
+        metavar="SPEC",
+        help="none | rri[:A,B] | longmamba[:S] | window:W; repeat to compare (default: none)",
+    )
     sp.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     sp.add_argument("--backend", default="torch", choices=["torch", "mamba_ssm"])
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -132,8 +145,9 @@ class _Ctx:
         except (FileNotFoundError, ValueError, RuntimeError) as e:
             raise CLIError(str(e)) from None
         if tok.vocab_size > self.model.config.vocab_size_padded:
-            raise CLIError(f"tokenizer {spec!r} has {tok.vocab_size} tokens, the model only "
-                           f"{self.model.config.vocab_size_padded}")
+            raise CLIError(
+                f"tokenizer {spec!r} has {tok.vocab_size} tokens, the model only {self.model.config.vocab_size_padded}"
+            )
         return tok
 
     def probe_context(self, args):
@@ -145,11 +159,15 @@ class _Ctx:
         def eval_text(length: int, n: int, min_doc_tokens: int):
             from stuffed_mamba.data import load_eval_sequences
 
-            return load_eval_sequences(source, self.tokenizer, length=length, n=n, min_doc_tokens=min_doc_tokens,
-                                       listing=listing)
+            return load_eval_sequences(
+                source, self.tokenizer, length=length, n=n, min_doc_tokens=min_doc_tokens, listing=listing
+            )
 
-        return Context(tokenizer=self.tokenizer, train_length=self.train_length,
-                       eval_text=eval_text if source is not None else None)
+        return Context(
+            tokenizer=self.tokenizer,
+            train_length=self.train_length,
+            eval_text=eval_text if source is not None else None,
+        )
 
     def bar(self, desc: str):
         from tqdm.auto import tqdm
@@ -182,8 +200,12 @@ def _warn_useless_windows(probe, cfg, pctx, specs: list[str]) -> None:
     for spec in specs:
         w = Intervention.parse(spec)
         if w is not None and w.window is not None and w.window >= longest:
-            print(f"stuffed-mamba eval: warning: --intervention {spec}: the window ({w.window}) is not shorter than "
-                  f"the longest length evaluated ({longest}): this run equals 'none'", file=sys.stderr, flush=True)
+            print(
+                f"stuffed-mamba eval: warning: --intervention {spec}: the window ({w.window}) is not shorter than "
+                f"the longest length evaluated ({longest}): this run equals 'none'",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def _suffix(spec: str, n: int) -> str:
@@ -203,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.monotonic()
     probe = get(args.probe_name)
-    given = {k[len("cfg_"):]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+    given = {k[len("cfg_") :]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
     cfg = as_config(probe, given)
     ctx = _Ctx(args)
     pctx = ctx.probe_context(args)
@@ -217,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
     runs, tables, pngs = {}, [], []
     takes_progress = "progress" in inspect.signature(probe.run).parameters
     with torch.no_grad():
-        for spec, intervention in zip(ctx.interventions, ctx._parsed):
+        for spec, intervention in zip(ctx.interventions, ctx._parsed, strict=True):
             ctx.model.set_intervention(intervention)
             note = f"intervention: {spec}"
             with ctx.bar(f"{probe.command} [{spec}]") as bar:
@@ -230,15 +252,22 @@ def run(args: argparse.Namespace) -> int:
                 png = f"{probe.command}_{name}{_suffix(spec, len(ctx.interventions))}.png"
                 save(fig, ctx.out / png)
                 pngs.append(png)
-    payload = {"checkpoint": ctx.ckpt.path, "step": ctx.ckpt.step, "train_length": ctx.train_length,
-               "intervention": ctx.interventions[0], **runs[ctx.interventions[0]]}
+    payload = {
+        "checkpoint": ctx.ckpt.path,
+        "step": ctx.ckpt.step,
+        "train_length": ctx.train_length,
+        "intervention": ctx.interventions[0],
+        **runs[ctx.interventions[0]],
+    }
     if len(runs) > 1:
         payload["interventions"] = runs
     table = "\n\n".join(tables)
     (ctx.out / f"{probe.command}.json").write_text(json.dumps(payload, indent=1))
     (ctx.out / f"{probe.command}.txt").write_text(table + "\n")
     print(table)
-    print(f"wrote {ctx.out / (probe.command + '.json')}, {ctx.out / (probe.command + '.txt')}"
-          + "".join(f", {ctx.out / p}" for p in pngs))
+    print(
+        f"wrote {ctx.out / (probe.command + '.json')}, {ctx.out / (probe.command + '.txt')}"
+        + "".join(f", {ctx.out / p}" for p in pngs)
+    )
     print(f"({time.monotonic() - t0:.1f} s)")
     return 0

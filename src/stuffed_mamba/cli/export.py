@@ -30,7 +30,10 @@ def run(args: argparse.Namespace) -> int:
         out = export(args.checkpoint, args.out, format=args.format, tokenizer=args.tokenizer)
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e).splitlines()[0]) from None
-    tok = ("with its tokenizer" if (out / "tokenizer.json").is_file()
-           else "without a tokenizer (byte tokenizer, or none known: --tokenizer SPEC)")
+    tok = (
+        "with its tokenizer"
+        if (out / "tokenizer.json").is_file()
+        else "without a tokenizer (byte tokenizer, or none known: --tokenizer SPEC)"
+    )
     print(f"exported {args.checkpoint} -> {out} ({args.format}, {tok})")
     return 0

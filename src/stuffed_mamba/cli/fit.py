@@ -16,8 +16,11 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("recipe", help="recipe YAML, e.g. recipes/tiny_cpu.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the validated recipe with the values the run will use (model defaults, vocab_size, max_steps) and exit")
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the validated recipe with the values the run will use (model defaults, vocab_size, max_steps) and exit",
+    )
     p.set_defaults(func=run)
 
 
@@ -53,10 +56,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"stuffed-mamba fit: aborted: {e}", flush=True)
         return 1
     if result.already_complete:
-        say(f"{cfg.run.dir} is already complete at optimiser step {result.global_step} (trainer.max_steps): nothing "
+        say(
+            f"{cfg.run.dir} is already complete at optimiser step {result.global_step} (trainer.max_steps): nothing "
             f"to do. For more steps raise trainer.max_steps, and optim.total_steps with it (the schedule's length; "
             f"past it the LR stays at optim.min_lr_ratio x lr): "
-            + _command(args, cfg, f"trainer.max_steps={2 * result.global_step}", f"optim.total_steps={2 * result.global_step}"))
+            + _command(
+                args, cfg, f"trainer.max_steps={2 * result.global_step}", f"optim.total_steps={2 * result.global_step}"
+            )
+        )
         return 0
     loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
     say(
@@ -66,8 +73,10 @@ def run(args: argparse.Namespace) -> int:
     )
     say(f"checkpoint: {result.checkpoint}")
     if result.interrupted:
-        say(f"interrupted (Ctrl-C) at optimiser step {result.global_step}, an episode boundary; continue with: "
-            + _command(args, cfg))
+        say(
+            f"interrupted (Ctrl-C) at optimiser step {result.global_step}, an episode boundary; continue with: "
+            + _command(args, cfg)
+        )
     say(f"tensorboard --logdir {result.tensorboard_dir}")
     return 130 if result.interrupted else 0
 

@@ -31,8 +31,18 @@ class Mamba2Config:
     rescale_prenorm_residual: bool = True
 
     def __post_init__(self):
-        for name in ("d_model", "n_layer", "vocab_size", "pad_vocab_size_multiple", "d_state", "d_conv",
-                     "expand", "headdim", "ngroups", "chunk_size"):
+        for name in (
+            "d_model",
+            "n_layer",
+            "vocab_size",
+            "pad_vocab_size_multiple",
+            "d_state",
+            "d_conv",
+            "expand",
+            "headdim",
+            "ngroups",
+            "chunk_size",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"Mamba2Config.{name} must be >= 1, got {getattr(self, name)}")
         if self.d_inner % self.headdim:
@@ -89,7 +99,7 @@ class Mamba2Config:
     _SSM_CFG_KEYS = ("d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size")
 
     @classmethod
-    def from_mamba_ssm(cls, cfg: dict) -> "Mamba2Config":
+    def from_mamba_ssm(cls, cfg: dict) -> Mamba2Config:
         """From an official checkpoint's config.json (state-spaces/mamba2-*)."""
         ssm_cfg = dict(cfg.get("ssm_cfg") or {})
         layer = ssm_cfg.pop("layer", "Mamba2")
@@ -98,7 +108,9 @@ class Mamba2Config:
         if cfg.get("d_intermediate", 0):
             raise ValueError("config.json has d_intermediate > 0 (MLP blocks); only pure Mamba-2 stacks are supported")
         if cfg.get("attn_layer_idx"):
-            raise ValueError("config.json has attention layers (attn_layer_idx); only pure Mamba-2 stacks are supported")
+            raise ValueError(
+                "config.json has attention layers (attn_layer_idx); only pure Mamba-2 stacks are supported"
+            )
         kw = {k: ssm_cfg[k] for k in cls._SSM_CFG_KEYS if k in ssm_cfg}
         for k in ("dt_min", "dt_max", "dt_init_floor"):
             if k in ssm_cfg:
@@ -117,9 +129,14 @@ class Mamba2Config:
             "d_intermediate": 0,
             "n_layer": self.n_layer,
             "vocab_size": self.vocab_size,
-            "ssm_cfg": {"layer": "Mamba2", **{k: getattr(self, k) for k in self._SSM_CFG_KEYS},
-                        "dt_min": self.dt_min, "dt_max": self.dt_max, "dt_init_floor": self.dt_init_floor,
-                        "A_init_range": list(self.A_init_range)},
+            "ssm_cfg": {
+                "layer": "Mamba2",
+                **{k: getattr(self, k) for k in self._SSM_CFG_KEYS},
+                "dt_min": self.dt_min,
+                "dt_max": self.dt_max,
+                "dt_init_floor": self.dt_init_floor,
+                "A_init_range": list(self.A_init_range),
+            },
             "attn_layer_idx": [],
             "attn_cfg": {},
             "rms_norm": True,
@@ -130,7 +147,7 @@ class Mamba2Config:
         }
 
     @classmethod
-    def from_hf(cls, cfg: dict) -> "Mamba2Config":
+    def from_hf(cls, cfg: dict) -> Mamba2Config:
         """From a HuggingFace transformers Mamba2 config.json (`Mamba2Config` field names)."""
         d_model, expand, head_dim = cfg["hidden_size"], cfg.get("expand", 2), cfg.get("head_dim", 64)
         num_heads = cfg.get("num_heads", expand * d_model // head_dim)

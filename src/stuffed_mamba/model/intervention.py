@@ -36,7 +36,7 @@ class Intervention:
         return self.dt_scale == 1 and self.alpha_scale == 1 and self.b_scale == 1 and self.window is None
 
     @classmethod
-    def parse(cls, spec: str | None) -> "Intervention | None":
+    def parse(cls, spec: str | None) -> Intervention | None:
         """From the CLI: "none", "rri" (alpha x 0.9999, B x 0.75), "rri:A,B", "longmamba:S", "window:W"."""
         if spec is None or spec in ("", "none"):
             return None

@@ -161,7 +161,7 @@ class Mamba2LM(nn.Module):
 
     # ------------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path, backend: str = "torch", *, map_location="cpu") -> "Mamba2LM":
+    def from_pretrained(cls, path, backend: str = "torch", *, map_location="cpu") -> Mamba2LM:
         """A local folder holding an official mamba_ssm checkpoint or a transformers Mamba2 checkpoint."""
         from stuffed_mamba.model.pretrained import load_pretrained
 
@@ -177,12 +177,14 @@ class Mamba2LM(nn.Module):
 def _checkpointed_block(block: Block, x: torch.Tensor, state: LayerState | None):
     """Activation checkpointing of one block with the state passed in and out as plain tensors."""
     if state is None:
+
         def run(x):
             y, s = block(x, None)
             return y, s.conv, s.ssm
 
         y, conv, ssm = checkpoint(run, x, use_reentrant=False)
     else:
+
         def run(x, conv, ssm):
             y, s = block(x, LayerState(conv, ssm))
             return y, s.conv, s.ssm

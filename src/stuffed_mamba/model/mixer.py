@@ -94,7 +94,9 @@ class Mamba2Mixer(nn.Module):
     def _scan_inputs(self, u: torch.Tensor, conv_state: torch.Tensor | None):
         """in_proj -> conv (+ state) -> split -> discretise: what the scan of this layer consumes."""
         z, xBC, dt_raw = self._split_proj(self.in_proj(u))
-        xBC, conv_state = self.ops.causal_conv1d(xBC, self.conv1d.weight[:, 0], self.conv1d.bias, initial_state=conv_state)
+        xBC, conv_state = self.ops.causal_conv1d(
+            xBC, self.conv1d.weight[:, 0], self.conv1d.bias, initial_state=conv_state
+        )
         x, B, C = self._split_xbc(xBC)
         x_in, Delta, A, B = self._discretise(dt_raw, x, B)
         return x, x_in, Delta, A, B, C, z, conv_state
@@ -104,8 +106,13 @@ class Mamba2Mixer(nn.Module):
         # D in fp32, as mamba_ssm's kernels compute the skip: under bf16 autocast x is bf16, and
         # casting D to it would round the parameter itself (D, A_log, dt_bias stay fp32).
         y = (y.float() + x.float() * self.D.float()[:, None]).to(y.dtype)
-        y = self.ops.gated_rmsnorm(y.reshape(*y.shape[:-2], self.config.d_inner), z, self.norm.weight,
-                                   eps=self.norm.eps, group_size=self.norm.group_size)
+        y = self.ops.gated_rmsnorm(
+            y.reshape(*y.shape[:-2], self.config.d_inner),
+            z,
+            self.norm.weight,
+            eps=self.norm.eps,
+            group_size=self.norm.group_size,
+        )
         return self.out_proj(y)
 
     def ssm_inputs(self, u: torch.Tensor, conv_state: torch.Tensor | None = None) -> dict:
@@ -122,7 +129,13 @@ class Mamba2Mixer(nn.Module):
         """u: [B, T, d_model] -> (out [B, T, d_model], the layer's state after position T)."""
         x, x_in, Delta, A, B, C, z, conv_state = self._scan_inputs(u, None if state is None else state.conv)
         y, ssm_state = self.ops.ssd(
-            x_in, Delta, A, B, C, chunk_size=self.config.chunk_size, D=None,
+            x_in,
+            Delta,
+            A,
+            B,
+            C,
+            chunk_size=self.config.chunk_size,
+            D=None,
             initial_state=None if state is None else state.ssm,
         )
         window = None
@@ -160,7 +173,9 @@ class Mamba2Mixer(nn.Module):
         if total > w:
             y[:, w:] = y_all[:, w:] - decay[:, 1:, :, None] * y_lag[:, : total - w]
         keep = w - 1
-        new_buf = WindowState(x[:, total - min(keep, total):], Delta[:, total - min(keep, total):], B[:, total - min(keep, total):])
+        new_buf = WindowState(
+            x[:, total - min(keep, total) :], Delta[:, total - min(keep, total) :], B[:, total - min(keep, total) :]
+        )
         return y[:, m:], new_buf
 
     # ------------------------------------------------------------------------------------------

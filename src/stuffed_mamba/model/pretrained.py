@@ -23,8 +23,15 @@ from stuffed_mamba.model.config import Mamba2Config
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # what a hub snapshot needs to be loaded here and probed: config, weights (one file or shards), tokenizer
-HUB_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-             "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+HUB_FILES = [
+    "config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+]
 _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
@@ -129,8 +136,10 @@ def save_pretrained(model, path, *, format: str = "mamba_ssm") -> None:
         cfg = c.to_mamba_ssm()
     elif format == "hf":
         cfg = c.to_hf()
-        sd = {("backbone.embeddings." + k[len("backbone.embedding."):] if k.startswith("backbone.embedding.") else k): v
-              for k, v in sd.items()}
+        sd = {
+            ("backbone.embeddings." + k[len("backbone.embedding.") :] if k.startswith("backbone.embedding.") else k): v
+            for k, v in sd.items()
+        }
     else:
         raise ValueError(f"unknown export format {format!r}; use 'mamba_ssm' or 'hf'")
     if c.tie_embeddings:

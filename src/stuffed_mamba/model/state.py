@@ -18,7 +18,7 @@ class WindowState:
     dt: torch.Tensor
     B: torch.Tensor
 
-    def map(self, fn) -> "WindowState":
+    def map(self, fn) -> WindowState:
         return WindowState(fn(self.x), fn(self.dt), fn(self.B))
 
 
@@ -32,7 +32,7 @@ class LayerState:
     ssm: torch.Tensor
     window: WindowState | None = None
 
-    def map(self, fn) -> "LayerState":
+    def map(self, fn) -> LayerState:
         return LayerState(fn(self.conv), fn(self.ssm), None if self.window is None else self.window.map(fn))
 
 
@@ -41,7 +41,7 @@ class ModelState:
     layers: list[LayerState] = field(default_factory=list)
 
     @classmethod
-    def zeros(cls, config, batch_size: int, device=None, dtype=torch.float32) -> "ModelState":
+    def zeros(cls, config, batch_size: int, device=None, dtype=torch.float32) -> ModelState:
         """All-zero state (the state before the first token). conv in `dtype`, ssm always fp32."""
         c = config
         return cls(
@@ -54,14 +54,14 @@ class ModelState:
             ]
         )
 
-    def map(self, fn) -> "ModelState":
+    def map(self, fn) -> ModelState:
         return ModelState([layer.map(fn) for layer in self.layers])
 
-    def detach(self) -> "ModelState":
+    def detach(self) -> ModelState:
         """Cut the graph (truncated BPTT): the values carry on, the gradient stops here."""
         return self.map(torch.Tensor.detach)
 
-    def to(self, device=None, dtype: torch.dtype | None = None) -> "ModelState":
+    def to(self, device=None, dtype: torch.dtype | None = None) -> ModelState:
         """Move to `device`; `dtype` applies to the conv states only: SSM states stay fp32 (they accumulate)."""
         return ModelState(
             [
@@ -74,11 +74,10 @@ class ModelState:
             ]
         )
 
-    def select(self, index) -> "ModelState":
+    def select(self, index) -> ModelState:
         """Rows of the batch (e.g. `state.select(slice(0, 1))`)."""
         return self.map(lambda t: t[index])
 
     @property
     def batch_size(self) -> int:
         return self.layers[0].ssm.shape[0]
-

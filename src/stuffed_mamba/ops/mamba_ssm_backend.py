@@ -23,8 +23,10 @@ import torch
 
 # mamba-ssm and causal-conv1d compile against the installed torch: a plain `pip install` builds them
 # in an isolated environment without torch and fails. The script installs in the working order.
-_INSTALL = ("bash scripts/install.sh cuda (torch's CUDA build first, then causal-conv1d and mamba-ssm "
-            "built against it with --no-build-isolation)")
+_INSTALL = (
+    "bash scripts/install.sh cuda (torch's CUDA build first, then causal-conv1d and mamba-ssm "
+    "built against it with --no-build-isolation)"
+)
 
 try:
     from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
@@ -115,7 +117,7 @@ def causal_conv1d(
         if not _logged_conv_fallback:
             log.warning(
                 "causal-conv1d is not installed: the mamba_ssm backend runs the short convolution in "
-                'PyTorch (slower on GPUs; bash scripts/install.sh cuda installs it)'
+                "PyTorch (slower on GPUs; bash scripts/install.sh cuda installs it)"
             )
             _logged_conv_fallback = True
         return _torch_causal_conv1d(x, weight, bias, initial_state=initial_state)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -28,14 +27,14 @@ PREFIX = "model."
 
 @dataclass
 class LoadedCheckpoint:
-    model: "torch.nn.Module"
+    model: torch.nn.Module
     path: str
     kind: str  # "lightning" | "deepspeed" | "folder"
-    recipe: Optional[dict] = None  # the run's recipe, when found
-    step: Optional[int] = None  # optimiser step of a Lightning checkpoint
+    recipe: dict | None = None  # the run's recipe, when found
+    step: int | None = None  # optimiser step of a Lightning checkpoint
 
 
-def _find_recipe(path: Path) -> Optional[dict]:
+def _find_recipe(path: Path) -> dict | None:
     for cand in (path.parent.parent / "recipe.yaml", path.parent / "recipe.yaml", path / "recipe.yaml"):
         if cand.is_file():
             from omegaconf import OmegaConf
@@ -53,7 +52,9 @@ def _torch_load(path: Path) -> dict:
         if "weights_only" not in str(e):
             raise ValueError(f"cannot read checkpoint {str(path)!r}: {str(e).splitlines()[0]}") from None
     except Exception as e:  # noqa: BLE001 - truncated or foreign files raise many kinds
-        raise ValueError(f"cannot read checkpoint {str(path)!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise ValueError(
+            f"cannot read checkpoint {str(path)!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
     # Lightning checkpoints also hold loop and data-loader state (plain Python objects)
     log.warning("%s holds non-tensor objects: loaded with weights_only=False (load only checkpoints you trust)", path)
     return torch.load(path, map_location="cpu", weights_only=False)
@@ -61,7 +62,6 @@ def _torch_load(path: Path) -> dict:
 
 def load_checkpoint(path, *, backend: str = "torch", device="cpu") -> LoadedCheckpoint:
     from stuffed_mamba.model import Mamba2Config, Mamba2LM
-
     from stuffed_mamba.model.pretrained import resolve_folder
 
     p = resolve_folder(path)  # a local path, or a hub name through the HuggingFace cache
@@ -85,7 +85,7 @@ def load_checkpoint(path, *, backend: str = "torch", device="cpu") -> LoadedChec
     if "A_init_range" in cfg_dict:
         cfg_dict["A_init_range"] = tuple(cfg_dict["A_init_range"])
     config = Mamba2Config(**cfg_dict)
-    sd = {k[len(PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(PREFIX)}
+    sd = {k[len(PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(PREFIX)}
     if not sd:
         raise ValueError(f"{path}: no '{PREFIX}*' keys in its state_dict")
     model = Mamba2LM(config, backend=backend)

@@ -38,10 +38,26 @@ SAFE_DEEPSPEED_GLOBALS = (
 
 # DeepSpeed's own entries in the model-states file; the rest is Lightning's checkpoint dict.
 _DEEPSPEED_KEYS = (
-    "module", "buffer_names", "optimizer", "param_shapes", "frozen_param_shapes", "shared_params",
-    "frozen_param_fragments", "lr_scheduler", "data_sampler", "random_ltd", "sparse_tensor_module_names",
-    "csr_tensor_module_names", "skipped_steps", "global_steps", "global_samples", "dp_world_size",
-    "mp_world_size", "checkpoint_parallel_dimensions", "ds_config", "ds_version",
+    "module",
+    "buffer_names",
+    "optimizer",
+    "param_shapes",
+    "frozen_param_shapes",
+    "shared_params",
+    "frozen_param_fragments",
+    "lr_scheduler",
+    "data_sampler",
+    "random_ltd",
+    "sparse_tensor_module_names",
+    "csr_tensor_module_names",
+    "skipped_steps",
+    "global_steps",
+    "global_samples",
+    "dp_world_size",
+    "mp_world_size",
+    "checkpoint_parallel_dimensions",
+    "ds_config",
+    "ds_version",
 )
 
 
@@ -60,7 +76,9 @@ def read_deepspeed_checkpoint(path: str | Path) -> dict:
     tag = (path / "latest").read_text().strip()
     tag_dir = path / tag
     if not tag or not tag_dir.is_dir():
-        raise ValueError(f"{path}: incomplete DeepSpeed checkpoint ('latest' names {tag!r}, which is not a folder in it)")
+        raise ValueError(
+            f"{path}: incomplete DeepSpeed checkpoint ('latest' names {tag!r}, which is not a folder in it)"
+        )
     model_files = sorted(tag_dir.glob("*model_states.pt"))
     if not model_files:
         raise ValueError(f"{path}: incomplete DeepSpeed checkpoint (no *model_states.pt in {tag_dir.name}/)")
@@ -77,8 +95,10 @@ def read_deepspeed_checkpoint(path: str | Path) -> dict:
     elif client["module"]:  # ZeRO 1/2 without optimizer shards: the module's weights as trained
         state_dict = dict(client["module"])
     else:
-        raise ValueError(f"{path}: incomplete DeepSpeed checkpoint (no *optim_states.pt, and its model states "
-                         f"hold no weights: ZeRO-3 keeps them only in the optimizer shards)")
+        raise ValueError(
+            f"{path}: incomplete DeepSpeed checkpoint (no *optim_states.pt, and its model states "
+            f"hold no weights: ZeRO-3 keeps them only in the optimizer shards)"
+        )
     # Lightning < 2.1 saved the wrapper's prefix.
     state_dict = {k.removeprefix("_forward_module."): v for k, v in state_dict.items()}
     ckpt = {k: v for k, v in client.items() if k not in _DEEPSPEED_KEYS}

@@ -74,8 +74,14 @@ class MemoryLengthsProbe(Probe):
         flat = tau.flatten()
         q = torch.quantile(flat, torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0], dtype=tau.dtype)).tolist()
         out = {
-            "train_length": ctx.train_length, "n_layer": tau.shape[0], "nheads": tau.shape[1],
-            "tau_min": q[0], "tau_p10": q[1], "tau_median": q[2], "tau_p90": q[3], "tau_max": q[4],
+            "train_length": ctx.train_length,
+            "n_layer": tau.shape[0],
+            "nheads": tau.shape[1],
+            "tau_min": q[0],
+            "tau_p10": q[1],
+            "tau_median": q[2],
+            "tau_p90": q[3],
+            "tau_max": q[4],
             "log10_spread": math.log10(q[4] / q[0]),
             "tau": tau.tolist(),
         }
@@ -107,8 +113,10 @@ class MemoryLengthsProbe(Probe):
     def table(self, tau, summary, cfg, note=""):
         from stuffed_mamba.probes.tables import render
 
-        rows = [[layer, f"{min(r):.3g}", f"{sorted(r)[len(r) // 2]:.3g}", f"{max(r):.3g}"]
-                for layer, r in enumerate(tau.tolist())]
+        rows = [
+            [layer, f"{min(r):.3g}", f"{sorted(r)[len(r) // 2]:.3g}", f"{max(r):.3g}"]
+            for layer, r in enumerate(tau.tolist())
+        ]
         text = render(["layer", "min tau", "median tau", "max tau"], rows, heading("memory length 1/(1-alpha)", note))
         beyond = summary.get("heads_beyond_train_length")
         tail = "" if beyond is None else f"; {beyond} of {tau.numel()} heads beyond T_train = {summary['train_length']}"

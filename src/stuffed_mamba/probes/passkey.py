@@ -14,13 +14,21 @@ tokens (figures 13-14), and T_recall = the longest length with accuracy >= 95% (
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional, Sequence
 
 import torch
 
 from stuffed_mamba.data.passkey_prompt import (  # noqa: F401  (the prompt builder, re-exported: the probe's contract)
-    FILLER, INSTRUCTION, NEEDLE, QUESTION, SEPARATOR, PasskeyPrompt, build_prompt, make_prompt, prompt_text,
+    FILLER,
+    INSTRUCTION,
+    NEEDLE,
+    QUESTION,
+    SEPARATOR,
+    PasskeyPrompt,
+    build_prompt,
+    make_prompt,
+    prompt_text,
 )
 from stuffed_mamba.probes.prefill import prefill
 from stuffed_mamba.probes.registry import Context, Probe, ProbeSettings, heading, knob
@@ -29,7 +37,12 @@ from stuffed_mamba.probes.registry import Context, Probe, ProbeSettings, heading
 # ------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def greedy_continuation(
-    model, ids: "Sequence[int] | torch.Tensor", *, max_new_tokens: int = 8, prefill_chunk: int = 4096, eos_id: Optional[int] = None,
+    model,
+    ids: Sequence[int] | torch.Tensor,
+    *,
+    max_new_tokens: int = 8,
+    prefill_chunk: int = 4096,
+    eos_id: int | None = None,
 ) -> list[int]:
     """Greedy decoding after `ids`: chunked prefill carrying the state, then `model.step`.
 
@@ -93,7 +106,7 @@ class PasskeyResult:
             out.setdefault(t.length, []).append(t.correct)
         return {T: sum(v) / len(v) for T, v in sorted(out.items())}
 
-    def last_r_accuracy(self, r: int, length: Optional[int] = None) -> Optional[float]:
+    def last_r_accuracy(self, r: int, length: int | None = None) -> float | None:
         """Accuracy over trials whose needle lies within the last r tokens (of one length, or all); None if none."""
         hits = [t.correct for t in self.trials if t.needle_distance <= r and (length is None or t.length == length)]
         return sum(hits) / len(hits) if hits else None
@@ -111,9 +124,7 @@ class PasskeyResult:
             "T_recall": self.t_recall(),
             "accuracy_by_length": {str(T): a for T, a in self.accuracy_by_length().items()},
             "accuracy": {str(T): {f"{d:.4f}": a for d, a in ds.items()} for T, ds in self.accuracy().items()},
-            "last_r": {
-                str(r): {str(T): self.last_r_accuracy(r, T) for T in self.accuracy_by_length()} for r in last_r
-            },
+            "last_r": {str(r): {str(T): self.last_r_accuracy(r, T) for T in self.accuracy_by_length()} for r in last_r},
             "trials": [asdict(t) for t in self.trials],
         }
 
@@ -127,9 +138,9 @@ def evaluate_passkey(
     repeats: int = 1,
     prefill_chunk: int = 4096,
     max_new_tokens: int = 8,
-    generator: Optional[torch.Generator] = None,
-    deadline: Optional[float] = None,
-    progress: Optional[Callable[[PasskeyTrial], None]] = None,
+    generator: torch.Generator | None = None,
+    deadline: float | None = None,
+    progress: Callable[[PasskeyTrial], None] | None = None,
 ) -> PasskeyResult:
     """Passkey sweep: for each length T, `samples` depths i/n (x `repeats` keys), greedy answers.
 
@@ -167,14 +178,18 @@ def evaluate_passkey(
 class PasskeyConfig(ProbeSettings):
     """Passkey retrieval (appendix B.1): accuracy per (length, depth), T_recall."""
 
-    lengths: Optional[list[int]] = knob(None, "context lengths T, e.g. 1K,2K,...,256K (default: `multiples` of "
-                                              "T_train, at least `min_length`)", tokens=True)
+    lengths: list[int] | None = knob(
+        None,
+        "context lengths T, e.g. 1K,2K,...,256K (default: `multiples` of T_train, at least `min_length`)",
+        tokens=True,
+    )
     multiples: list[float] = knob([0.5, 1.0, 2.0, 4.0], "default lengths as multiples of T_train")
     min_length: int = knob(512, "floor of the default lengths: room for the prompt's own text", tokens=True)
     samples: int = knob(4, "needle depths per length: the i-th at depth i/n (token T*i/n - 1)")
     repeats: int = knob(1, "keys per (length, depth)")
-    last_r: list[int] = knob([1024, 2048, 4096, 8192], "accuracy with the needle within the last r tokens (fig. 13)",
-                             tokens=True)
+    last_r: list[int] = knob(
+        [1024, 2048, 4096, 8192], "accuracy with the needle within the last r tokens (fig. 13)", tokens=True
+    )
     prefill_chunk: int = knob(4096, "tokens per prefill forward; the state is carried between chunks")
     max_new_tokens: int = knob(8, "greedy tokens decoded after the question")
     seed: int = knob(0, "seed of the probe's own generator of 5-digit keys")
@@ -216,9 +231,16 @@ class PasskeyProbe(Probe):
         # the same keys at every evaluation, from the probe's own generator: curves over
         # training compare like with like, and the run's RNG streams are never drawn from
         return evaluate_passkey(
-            model, tokenizer, lengths, samples=cfg.samples, repeats=cfg.repeats, prefill_chunk=cfg.prefill_chunk,
-            max_new_tokens=cfg.max_new_tokens, generator=torch.Generator().manual_seed(cfg.seed),
-            deadline=deadline, progress=progress,
+            model,
+            tokenizer,
+            lengths,
+            samples=cfg.samples,
+            repeats=cfg.repeats,
+            prefill_chunk=cfg.prefill_chunk,
+            max_new_tokens=cfg.max_new_tokens,
+            generator=torch.Generator().manual_seed(cfg.seed),
+            deadline=deadline,
+            progress=progress,
         )
 
     def summary(self, result, cfg, ctx):
@@ -236,8 +258,10 @@ class PasskeyProbe(Probe):
     def figures(self, result, cfg, ctx, note=""):
         from stuffed_mamba.probes.plots import passkey_heatmap, passkey_last_r
 
-        return {"heatmap": passkey_heatmap(result, title=heading("passkey retrieval", note)),
-                "last_r": passkey_last_r(result, cfg.last_r, title=heading("needle within the last r tokens", note))}
+        return {
+            "heatmap": passkey_heatmap(result, title=heading("passkey retrieval", note)),
+            "last_r": passkey_last_r(result, cfg.last_r, title=heading("needle within the last r tokens", note)),
+        }
 
     def table(self, result, summary, cfg, note=""):
         from stuffed_mamba.probes.tables import passkey_table

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import numpy as np
 import torch
@@ -65,7 +64,7 @@ def _thin(T: int, max_points: int = 1500) -> np.ndarray:
     return np.unique(np.linspace(0, T - 1, min(T, max_points)).round().astype(int))
 
 
-def retention_curves(alpha: torch.Tensor, train_length: Optional[int] = None, max_layers: int = 48):
+def retention_curves(alpha: torch.Tensor, train_length: int | None = None, max_layers: int = 48):
     """alpha_{1:t} [L, H, T] as figure 3: one panel per layer, one curve per head, T_train dashed."""
     plt = _plt()
     L, H, T = alpha.shape
@@ -77,13 +76,13 @@ def retention_curves(alpha: torch.Tensor, train_length: Optional[int] = None, ma
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.2 * rows), squeeze=False, sharex=True, sharey=True)
     idx = _thin(T)
     t = idx + 1
-    for ax, l in zip(axes.flat, layers):
+    for ax, l in zip(axes.flat, layers, strict=True):
         ax.plot(t, alpha[l][:, idx].T.float().numpy(), lw=0.8)
         if train_length is not None:
             ax.axvline(train_length, color="red", ls=":", lw=1)
         ax.set_title(f"layer {l}", fontsize=8)
         ax.set_ylim(0, 1.02)
-    for ax in list(axes.flat)[len(layers):]:
+    for ax in list(axes.flat)[len(layers) :]:
         ax.axis("off")
     fig.supxlabel("t")
     fig.supylabel("alpha_{1:t}")
@@ -91,7 +90,7 @@ def retention_curves(alpha: torch.Tensor, train_length: Optional[int] = None, ma
     return fig
 
 
-def loss_vs_position(loss: torch.Tensor, train_length: Optional[int] = None, *, buckets: int = 48, curves=None):
+def loss_vs_position(loss: torch.Tensor, train_length: int | None = None, *, buckets: int = 48, curves=None):
     """LM loss per position on a log x axis (figures 1, 4, 10), T_train dashed.
 
     curves: optional {label: loss [T']} to overlay (e.g. interventions); else one curve `loss`.
@@ -114,7 +113,7 @@ def loss_vs_position(loss: torch.Tensor, train_length: Optional[int] = None, *, 
     return fig
 
 
-def state_curves(stats, train_length: Optional[int] = None, heads: int = 8):
+def state_curves(stats, train_length: int | None = None, heads: int = 8):
     """Mean and variance of the state over time (figure 5) for the layer whose variance grows most."""
     plt = _plt()
     L, H, K = stats.var.shape
@@ -136,8 +135,15 @@ def state_curves(stats, train_length: Optional[int] = None, heads: int = 8):
             ax.axvline(train_length, color="red", ls=":", label="T_train")
         ax.set_xlabel("t")
     axes[3].axis("off")
-    axes[3].legend(per_layer, [f"layer {i}" for i in range(L)][:len(per_layer)], loc="center", fontsize=8,
-                   ncol=max(1, math.ceil(L / 12)), title="per layer (panel 3); red dotted: T_train", title_fontsize=8)
+    axes[3].legend(
+        per_layer,
+        [f"layer {i}" for i in range(L)][: len(per_layer)],
+        loc="center",
+        fontsize=8,
+        ncol=max(1, math.ceil(L / 12)),
+        title="per layer (panel 3); red dotted: T_train",
+        title_fontsize=8,
+    )
     fig.tight_layout()
     return fig
 
@@ -152,7 +158,7 @@ def passkey_last_r(result, last_r, title: str = "needle within the last r tokens
         acc = [result.last_r_accuracy(r, T) for T in lengths]
         pts = [(j, a) for j, a in enumerate(acc) if a is not None]
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=f"r = {_fmt_len(r)}")
+            ax.plot(*zip(*pts, strict=True), marker="o", label=f"r = {_fmt_len(r)}")
     ax.set_xticks(range(len(lengths)), [_fmt_len(T) for T in lengths])
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("context length")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +25,8 @@ def loss_per_position(
     input_ids: torch.Tensor,
     *,
     chunk_size: int = 4096,
-    deadline: Optional[float] = None,
-    progress: Optional[Callable[[int], None]] = None,
+    deadline: float | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Cross-entropy at every position, averaged over prompts.
 
@@ -88,7 +88,7 @@ def log_buckets(loss: torch.Tensor, buckets: int) -> tuple[list[int], list[float
     n = loss.numel()
     edges = torch.logspace(0, math.log10(n + 1), buckets + 1, dtype=torch.float64).floor().long().tolist()
     centres, means = [], []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         if hi <= lo:
             continue
         centres.append(int(round(math.sqrt(lo * (hi - 1)))) if hi - 1 > lo else lo)
@@ -119,12 +119,11 @@ def loss_summary(loss: torch.Tensor, train_length: int, *, buckets: int = 24) ->
     }
 
 
-
 def late_loss_rise(loss: torch.Tensor, train_length: int) -> dict:
     """A softer view than the 2x criterion: how much the loss rose from [T_train/2, T_train) to
     the end of the context (mean over the last quarter of the positions)."""
-    near = float(loss[max(0, train_length // 2): train_length].mean())
-    late = float(loss[-max(1, loss.numel() // 4):].mean())
+    near = float(loss[max(0, train_length // 2) : train_length].mean())
+    late = float(loss[-max(1, loss.numel() // 4) :].mean())
     return {"loss_near_train_length": near, "loss_late": late, "late_loss_rise": late - near}
 
 
@@ -133,7 +132,7 @@ def late_loss_rise(loss: torch.Tensor, train_length: int) -> dict:
 class PositionLossConfig(ProbeSettings):
     """LM loss per position on long evaluation text (section 4.2, figs. 1, 4, 10); learned_to_forget."""
 
-    length: Optional[int] = knob(None, "evaluation context in tokens (default 4 x T_train)", tokens=True)
+    length: int | None = knob(None, "evaluation context in tokens (default 4 x T_train)", tokens=True)
     samples: int = knob(4, "evaluation sequences averaged over (the paper: 128 at 1M tokens)")
     buckets: int = knob(24, "log-spaced position buckets in the summary and table")
     min_doc_tokens: int = knob(MIN_DOC_TOKENS, "appendix F: evaluation documents of at least this many tokens")
@@ -146,8 +145,10 @@ class PositionLossProbe(Probe):
     Config = PositionLossConfig
     needs_text = True
     layout = {
-        "loss within vs beyond T_train": ["Multiline", [r"probes/position_loss/(max|mean)_.*",
-                                                         r"probes/position_loss/beyond_over_within"]],
+        "loss within vs beyond T_train": [
+            "Multiline",
+            [r"probes/position_loss/(max|mean)_.*", r"probes/position_loss/beyond_over_within"],
+        ],
         "learned to forget": ["Multiline", [r"probes/position_loss/learned_to_forget"]],
         "loss by position": ["Multiline", [r"probes/position_loss/bucket/.*"]],
     }
@@ -167,7 +168,9 @@ class PositionLossProbe(Probe):
         keys = ("max_within", "max_beyond", "mean_within", "mean_beyond", "beyond_over_within", "late_loss_rise")
         out = {k: summary[k] for k in keys if summary.get(k) is not None}
         out["learned_to_forget"] = float(summary["learned_to_forget"])
-        out.update({f"bucket/t={t}": v for t, v in zip(summary["bucket_positions"], summary["bucket_loss"])})
+        out.update(
+            {f"bucket/t={t}": v for t, v in zip(summary["bucket_positions"], summary["bucket_loss"], strict=True)}
+        )
         return out
 
     def figures(self, loss, cfg, ctx, note=""):

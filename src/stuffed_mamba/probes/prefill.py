@@ -8,15 +8,13 @@ the state equals `model(...).state`.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from stuffed_mamba.model import ModelState
 
 
 @torch.no_grad()
-def prefill(model, input_ids: torch.Tensor, state: Optional[ModelState] = None, *, chunk_size: int = 4096):
+def prefill(model, input_ids: torch.Tensor, state: ModelState | None = None, *, chunk_size: int = 4096):
     """input_ids [B, T] -> the ModelState after position T (state=None: from zeros)."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")

@@ -23,8 +23,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 # the registry: recipe key -> module of stuffed_mamba.probes holding its PROBE
 PROBE_MODULES: dict[str, str] = {
@@ -40,8 +41,15 @@ PROBE_MODULES: dict[str, str] = {
 MIN_DOC_TOKENS = 16384
 
 
-def knob(default: Any, help: str, *, flag: Optional[str] = None, tokens: bool = False,
-         choices: Optional[list] = None, train_only: bool = False):
+def knob(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    tokens: bool = False,
+    choices: list | None = None,
+    train_only: bool = False,
+):
     """A probe setting: its default and help, once. flag: the eval CLI's name when it is not
     `--field-name`; tokens: a length (accepts 4K, 1M); train_only: not an eval CLI flag."""
     meta = {"help": help, "flag": flag, "tokens": tokens, "choices": choices, "train_only": train_only}
@@ -56,8 +64,7 @@ class ProbeSettings:
 
     enabled: bool = knob(True, "run this probe", train_only=True)
     every_n_steps: int = knob(500, "optimiser steps between two runs during training", train_only=True)
-    time_budget_s: float = knob(600.0, "stop starting new samples past this many seconds (training)",
-                                train_only=True)
+    time_budget_s: float = knob(600.0, "stop starting new samples past this many seconds (training)", train_only=True)
 
 
 @dataclass
@@ -69,8 +76,8 @@ class Context:
     """
 
     tokenizer: Any = None
-    train_length: Optional[int] = None  # T_train
-    eval_text: Optional[Callable[[int, int, int], Any]] = None
+    train_length: int | None = None  # T_train
+    eval_text: Callable[[int, int, int], Any] | None = None
 
     def need_train_length(self, probe: str) -> int:
         if not self.train_length:
@@ -107,7 +114,7 @@ class Probe:
     def inputs(self, cfg, ctx: Context) -> Any:
         return None
 
-    def run(self, model, inputs: Any, cfg, deadline: Optional[float] = None) -> Any:
+    def run(self, model, inputs: Any, cfg, deadline: float | None = None) -> Any:
         raise NotImplementedError
 
     def summary(self, result: Any, cfg, ctx: Context) -> dict:
@@ -161,7 +168,8 @@ def __getattr__(name: str):
     if name == "ProbesConfig":
         if name not in _CLASSES:
             _CLASSES[name] = settings_class(
-                name, "The recipe's `probes:` section: one entry per registered probe; `enabled: false` turns all off.")
+                name, "The recipe's `probes:` section: one entry per registered probe; `enabled: false` turns all off."
+            )
         return _CLASSES[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -177,7 +185,7 @@ def as_config(probe: Probe, cfg: Any = None, **overrides):
     return OmegaConf.to_object(merged)
 
 
-def as_probes_config(cfg: Any, cls: Optional[type] = None):
+def as_probes_config(cfg: Any, cls: type | None = None):
     """A ProbesConfig (or `cls`) from itself, a DictConfig or a plain dict (unknown keys are errors)."""
     cls = cls or __getattr__("ProbesConfig")
     if isinstance(cfg, cls):

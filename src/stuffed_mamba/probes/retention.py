@@ -11,8 +11,8 @@ intervention set on the model (LongMamba's Delta scale, RRI's alpha scale) shows
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import torch
 
@@ -95,9 +95,12 @@ def retention_summary(alpha: torch.Tensor, train_length: int, thresholds: Sequen
 class RetentionConfig(ProbeSettings):
     """First-token retention alpha_{1:t} = exp(sum_{j<=t} Delta_j A) per layer and head (eq. 6, fig. 3)."""
 
-    length: Optional[int] = knob(None, "probe text length (default 4 x T_train)", tokens=True)
-    text: Optional[str] = knob(None, "probe text (default: data when a corpus is known, else the passkey filler)",
-                               choices=["data", "passkey", "newlines"])
+    length: int | None = knob(None, "probe text length (default 4 x T_train)", tokens=True)
+    text: str | None = knob(
+        None,
+        "probe text (default: data when a corpus is known, else the passkey filler)",
+        choices=["data", "passkey", "newlines"],
+    )
     samples: int = knob(1, "evaluation sequences averaged over (data text)")
     min_doc_tokens: int = knob(MIN_DOC_TOKENS, "appendix F: evaluation documents of at least this many tokens")
     prefill_chunk: int = knob(4096, "tokens per forward; the state is carried between chunks", flag="--chunk")
@@ -152,7 +155,9 @@ class RetentionProbe(Probe):
     def table(self, alpha, summary, cfg, note=""):
         from stuffed_mamba.probes.tables import retention_table
 
-        return retention_table(summary, title=heading(f"first-token retention alpha_1:t ({summary['text']} text)", note))
+        return retention_table(
+            summary, title=heading(f"first-token retention alpha_1:t ({summary['text']} text)", note)
+        )
 
 
 PROBE = RetentionProbe()

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import torch
 
@@ -28,7 +28,7 @@ def newlines_prompt(tokenizer, length: int) -> torch.Tensor:
     return torch.full((1, int(length)), ids[0], dtype=torch.long)
 
 
-def time_points(length: int, n_points: int, train_length: Optional[int] = None) -> list[int]:
+def time_points(length: int, n_points: int, train_length: int | None = None) -> list[int]:
     """n_points evenly spaced t in [1, length], plus T_train (the growth reference) when within."""
     pts = {max(1, round(length * (k + 1) / n_points)) for k in range(n_points)}
     if train_length is not None and train_length <= length:
@@ -55,7 +55,7 @@ class StateStats:
 
 @torch.no_grad()
 def state_statistics(
-    model, input_ids: torch.Tensor, points: Sequence[int], *, max_chunk: int = 4096, deadline: Optional[float] = None
+    model, input_ids: torch.Tensor, points: Sequence[int], *, max_chunk: int = 4096, deadline: float | None = None
 ) -> StateStats:
     """Run input_ids [B, T] through the model piece by piece, stopping at each t in `points`
     (1-based: the state after t tokens) to measure every layer's states there."""
@@ -143,8 +143,12 @@ def state_summary(stats: StateStats, train_length: int, top_heads: int = 3) -> d
         conv_var_growth_max=float(conv_growth.max()),
         heads_var_growth_over_2=int((var_growth > 2).sum()),
         outliers=[
-            {"layer": int(i) // H, "head": int(i) % H, "var_growth": float(var_growth.flatten()[i]),
-             **outlier_channels(stats.last_ssm[int(i) // H, int(i) % H])}
+            {
+                "layer": int(i) // H,
+                "head": int(i) % H,
+                "var_growth": float(var_growth.flatten()[i]),
+                **outlier_channels(stats.last_ssm[int(i) // H, int(i) % H]),
+            }
             for i in order
         ],
     )
@@ -156,7 +160,7 @@ def state_summary(stats: StateStats, train_length: int, top_heads: int = 3) -> d
 class StatesConfig(ProbeSettings):
     """Mean/variance of every head's SSM state over time on the "newlines" prompt (section 3.3, figs. 5-6)."""
 
-    length: Optional[int] = knob(None, "prompt length (default 4 x T_train)", tokens=True)
+    length: int | None = knob(None, "prompt length (default 4 x T_train)", tokens=True)
     n_points: int = knob(32, "evenly spaced time points at which the state is measured", flag="--points")
     prefill_chunk: int = knob(4096, "tokens per forward; the state is carried between chunks", flag="--chunk")
     time_budget_s: float = knob(300.0, "stop starting new samples past this many seconds (training)", train_only=True)
@@ -178,8 +182,11 @@ class StatesProbe(Probe):
         return state_statistics(model, ids, points, max_chunk=cfg.prefill_chunk, deadline=deadline)
 
     def summary(self, stats, cfg, ctx):
-        return {**state_summary(stats, ctx.need_train_length(self.name)),
-                "mean": stats.mean.tolist(), "var": stats.var.tolist()}
+        return {
+            **state_summary(stats, ctx.need_train_length(self.name)),
+            "mean": stats.mean.tolist(),
+            "var": stats.var.tolist(),
+        }
 
     def scalars(self, summary):
         keys = ("var_growth_max", "mean_growth_max", "var_max", "conv_var_growth_max")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 
-def fmt_len(T: Optional[int]) -> str:
+def fmt_len(T: int | None) -> str:
     if not T:
         return "-"
     if T % (1 << 20) == 0:
@@ -18,13 +18,13 @@ def fmt_len(T: Optional[int]) -> str:
 def render(header: Sequence[str], rows: Sequence[Sequence], title: str = "") -> str:
     cells = [[str(h) for h in header]] + [["-" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    line = lambda r: "  ".join(c.rjust(w) for c, w in zip(r, widths))  # noqa: E731
+    line = lambda r: "  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True))  # noqa: E731
     out = [title] if title else []
     out += [line(cells[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in cells[1:]]
     return "\n".join(out)
 
 
-def _pct(x: Optional[float]) -> Optional[str]:
+def _pct(x: float | None) -> str | None:
     return None if x is None else f"{100 * x:.0f}%"
 
 
@@ -34,7 +34,9 @@ def passkey_table(result, last_r: Sequence[int] = (1024, 2048, 4096, 8192), titl
     header = ["length"] + [f"d={d:.2f}" for d in depths] + ["mean"] + [f"last {fmt_len(r)}" for r in last_r]
     by_len = result.accuracy_by_length()
     rows = [
-        [fmt_len(T)] + [_pct(acc[T].get(d)) for d in depths] + [_pct(by_len[T])]
+        [fmt_len(T)]
+        + [_pct(acc[T].get(d)) for d in depths]
+        + [_pct(by_len[T])]
         + [_pct(result.last_r_accuracy(r, T)) for r in last_r]
         for T in acc
     ]
@@ -81,13 +83,16 @@ def loss_table(summaries: dict, title: str = "") -> str:
     header = ["position"] + names
     rows = []
     for i, pos in enumerate(first["bucket_positions"]):
-        rows.append([fmt_len(pos) if pos >= 1024 else pos]
-                    + [f"{summaries[n]['bucket_loss'][i]:.3f}" if i < len(summaries[n]["bucket_loss"]) else None
-                       for n in names])
+        rows.append(
+            [fmt_len(pos) if pos >= 1024 else pos]
+            + [f"{summaries[n]['bucket_loss'][i]:.3f}" if i < len(summaries[n]["bucket_loss"]) else None for n in names]
+        )
     t = render(header, rows, title)
     verdicts = []
     for n, s in summaries.items():
         beyond = "-" if s["max_beyond"] is None else f"{s['max_beyond']:.3f}"
-        verdicts.append(f"{n}: max loss within T_train {s['max_within']:.3f}, beyond {beyond} -> learned to forget: "
-                        f"{'yes' if s['learned_to_forget'] else 'NO'}")
+        verdicts.append(
+            f"{n}: max loss within T_train {s['max_within']:.3f}, beyond {beyond} -> learned to forget: "
+            f"{'yes' if s['learned_to_forget'] else 'NO'}"
+        )
     return f"{t}\nT_train = {first['train_length']}; " + "; ".join(verdicts)

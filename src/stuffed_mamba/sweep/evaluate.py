@@ -29,8 +29,9 @@ def evaluate_checkpoint(ckpt: Path, base: Path, cell: Cell, cfg) -> tuple[dict[s
     source = cfg.source or recipe.data  # the whole data section: an hf:// source needs its hf_* keys
 
     def eval_text(length: int, n: int, min_doc_tokens: int):
-        return torch.as_tensor(load_eval_sequences(source, tokenizer, n=n, length=length,
-                                                   min_doc_tokens=min_doc_tokens), dtype=torch.long)
+        return torch.as_tensor(
+            load_eval_sequences(source, tokenizer, n=n, length=length, min_doc_tokens=min_doc_tokens), dtype=torch.long
+        )
 
     ctx = Context(tokenizer=tokenizer, train_length=cell.train_length, eval_text=eval_text)
     row: dict[str, Any] = {"state_size_model": int(model.config.state_size)}

@@ -28,12 +28,13 @@ from typing import Any, Optional
 
 from stuffed_mamba.probes.registry import settings_class
 
-
 # the sweep's `eval:` section: one entry per registered probe (its config, its defaults) plus
 # the evaluation corpus
 EvalConfig = settings_class(
-    "EvalConfig", "Which probes evaluate each cell's last checkpoint, and on which corpus.",
-    extra=[("source", Optional[str], field(default=None))],  # None = the cell's data.source
+    "EvalConfig",
+    "Which probes evaluate each cell's last checkpoint, and on which corpus.",
+    # None = the cell's data.source; typing.Optional because OmegaConf reads it at run time
+    extra=[("source", Optional[str], field(default=None))],  # noqa: UP045
 )
 
 
@@ -52,14 +53,14 @@ class SweepRecipe:
     out_dir: str = "???"
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     train_lengths: list[int] = field(default_factory=list)
-    tokens_per_run: Optional[int] = None
+    tokens_per_run: int | None = None
     # optional: tokens per episode row-block, B*S*T, kept equal across lengths by setting
     # data.batch_size = batch_tokens // (S*T) per cell (short lengths get more rows)
-    batch_tokens: Optional[int] = None
+    batch_tokens: int | None = None
     overrides: list[str] = field(default_factory=list)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    fit_timeout_minutes: Optional[float] = None
-    reshard: Optional[ReshardConfig] = None  # when set, every cell trains on the re-sharded copy
+    fit_timeout_minutes: float | None = None
+    reshard: ReshardConfig | None = None  # when set, every cell trains on the re-sharded copy
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class Cell:
     model: str
     model_fields: dict[str, Any]
     train_length: int
-    max_steps: Optional[int]
+    max_steps: int | None
     overrides: tuple[str, ...]  # everything passed to `fit` after the base recipe
     run_dir: Path
 
@@ -151,8 +152,14 @@ def expand(recipe: SweepRecipe, base: Path, out_dir: str | Path | None = None) -
                 max_steps = max(1, math.ceil(recipe.tokens_per_run / tokens_per_step(base, shared)))
                 pre.append(f"trainer.max_steps={max_steps}")
             run_dir = out / "runs" / name
-            fmt = {"train_length": t, "max_steps": max_steps, "model": model, "cell": name, "run_dir": run_dir,
-                   "warmup_steps": None if max_steps is None else max(1, math.ceil(0.1 * max_steps))}
+            fmt = {
+                "train_length": t,
+                "max_steps": max_steps,
+                "model": model,
+                "cell": name,
+                "run_dir": run_dir,
+                "warmup_steps": None if max_steps is None else max(1, math.ceil(0.1 * max_steps)),
+            }
             try:
                 post = [o.format(**fmt) for o in recipe.overrides]
             except (KeyError, IndexError) as e:

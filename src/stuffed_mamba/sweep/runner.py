@@ -14,8 +14,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from stuffed_mamba.analysis.results import append_row
 from stuffed_mamba.sweep.recipe import Cell, SweepRecipe, resolved_config
@@ -50,8 +51,9 @@ def run_fit(base: Path, cell: Cell, *, timeout_s: float | None, in_process: bool
         f.write("$ " + " ".join(fit_command(base, cell)) + "\n")
         f.flush()
         try:
-            rc = subprocess.run(fit_command(base, cell), stdout=f, stderr=subprocess.STDOUT,
-                                timeout=timeout_s, env=os.environ.copy()).returncode
+            rc = subprocess.run(
+                fit_command(base, cell), stdout=f, stderr=subprocess.STDOUT, timeout=timeout_s, env=os.environ.copy()
+            ).returncode
         except subprocess.TimeoutExpired:
             f.write(f"\n[sweep] fit timed out after {timeout_s:.0f} s\n")
             rc = -9
@@ -114,8 +116,14 @@ def run_cell(
     cfg = resolved_config(base, cell.overrides)
     B, S, max_steps = cfg.data.batch_size, cfg.data.segments, cfg.trainer.max_steps
     row: dict[str, Any] = {
-        "cell": cell.name, "index": cell.index, "model": cell.model, "model_fields": cell.model_fields,
-        "train_length": cell.train_length, "segments": S, "batch_size": B, "max_steps": max_steps,
+        "cell": cell.name,
+        "index": cell.index,
+        "model": cell.model,
+        "model_fields": cell.model_fields,
+        "train_length": cell.train_length,
+        "segments": S,
+        "batch_size": B,
+        "max_steps": max_steps,
         "tokens_trained": None if max_steps is None else int(max_steps) * B * S * cell.train_length,
         "state_size": _state_size(base, cell),
     }
@@ -155,9 +163,11 @@ def run_cell(
     row.update(ev)
     row["eval_seconds"] = round(time.perf_counter() - t0, 1)
     row["status"] = "ok"
-    log(f"[sweep] {cell.name}: learned_to_forget={row.get('position_loss/learned_to_forget')} "
+    log(
+        f"[sweep] {cell.name}: learned_to_forget={row.get('position_loss/learned_to_forget')} "
         f"loss_ratio={row.get('position_loss/beyond_over_within')} T_recall={row.get('passkey/T_recall')} "
-        f"(fit {row['fit_seconds']} s, eval {row['eval_seconds']} s)")
+        f"(fit {row['fit_seconds']} s, eval {row['eval_seconds']} s)"
+    )
     return _record(recipe, cell, row, out_dir, final=True)
 
 
@@ -197,11 +207,16 @@ def run_sweep(
         r = recipe.reshard
         done = reshard(r.source, r.out, r.shards)
         if not done["skipped"]:
-            log(f"[sweep] re-sharded {r.source} into {r.out}: {done['documents']} documents, "
-                f"{done['shards']} shards ({done['bad']} unreadable skipped)")
+            log(
+                f"[sweep] re-sharded {r.source} into {r.out}: {done['documents']} documents, "
+                f"{done['shards']} shards ({done['bad']} unreadable skipped)"
+            )
     for i, cell in enumerate(cells):
         log(f"[sweep] cell {i + 1}/{len(cells)} ({time.perf_counter() - t0:.0f} s elapsed)")
-        rows.append(run_cell(recipe, base, cell, out_dir=out_dir, force=force, in_process=in_process,
-                             reevaluate=reevaluate, log=log))
+        rows.append(
+            run_cell(
+                recipe, base, cell, out_dir=out_dir, force=force, in_process=in_process, reevaluate=reevaluate, log=log
+            )
+        )
     log(f"[sweep] {len(cells)} cells in {time.perf_counter() - t0:.0f} s")
     return rows

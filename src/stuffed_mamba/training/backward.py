@@ -24,8 +24,9 @@ before the optimiser step?), so the episode loops (truncated here, full BPTT in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import torch
 
@@ -80,7 +81,7 @@ def _scalar(tensors, grad_tensors) -> torch.Tensor:
     if len(tensors) != len(grad_tensors):
         raise ValueError(f"{len(tensors)} tensors but {len(grad_tensors)} grad_tensors")
     terms = []
-    for t, g in zip(tensors, grad_tensors):
+    for t, g in zip(tensors, grad_tensors, strict=True):
         if g is None:
             if t.numel() != 1:
                 raise ValueError(f"grad_tensors needed for a tensor of shape {tuple(t.shape)}")

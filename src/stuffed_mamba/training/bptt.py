@@ -25,7 +25,7 @@ DeepSpeed's accumulation boundary) and its cross-rank agreement on finiteness.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -41,7 +41,9 @@ Backward = Callable[..., None]
 AllFinite = Callable[[torch.Tensor], bool]
 
 
-def _plain_backward(tensors: Sequence[torch.Tensor], grad_tensors: Sequence[torch.Tensor | None], *, last: bool) -> None:
+def _plain_backward(
+    tensors: Sequence[torch.Tensor], grad_tensors: Sequence[torch.Tensor | None], *, last: bool
+) -> None:
     torch.autograd.backward(list(tensors), list(grad_tensors))
 
 
@@ -84,10 +86,14 @@ def backward_episode(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if inputs.ndim != 3 or labels.shape != inputs.shape:
-        raise ValueError(f"inputs and labels must both be [B, S, T], got {tuple(inputs.shape)} and {tuple(labels.shape)}")
+        raise ValueError(
+            f"inputs and labels must both be [B, S, T], got {tuple(inputs.shape)} and {tuple(labels.shape)}"
+        )
     run = _truncated if mode == "truncated" else _full
     losses, state = run(
-        model, inputs, labels,
+        model,
+        inputs,
+        labels,
         backward or _plain_backward,
         all_finite or _local_all_finite,
         1.0 / inputs.shape[1] if scale is None else scale,

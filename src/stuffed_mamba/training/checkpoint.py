@@ -70,7 +70,7 @@ def _old(path: Path) -> Path:
     return path.with_name(path.name + ".old")
 
 
-def save_atomically(trainer: "L.Trainer", path: Path) -> None:
+def save_atomically(trainer: L.Trainer, path: Path) -> None:
     """All ranks call this together (DeepSpeed writes one shard per rank; under DDP rank 0 writes)."""
     tmp = _tmp(path)
     if trainer.is_global_zero:

@@ -14,6 +14,7 @@ model is built (`init_from`, `backend`, `activation_checkpointing`).
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ def _model_section() -> type:
     hints = typing.get_type_hints(Mamba2Config)
     fields = [
         # An official checkpoint folder (mamba_ssm layout) or a transformers Mamba2 folder.
-        ("init_from", Optional[str], None),
+        ("init_from", Optional[str], None),  # noqa: UP045 (OmegaConf reads typing.Optional)
         ("backend", str, "torch"),  # "torch" | "mamba_ssm": explicit, never a silent fallback
         # Recompute each layer in the backward pass: memory per segment stops growing with n_layer.
         ("activation_checkpointing", bool, False),
@@ -56,10 +57,10 @@ def _model_section() -> type:
         if not f.init:
             continue
         t = hints.get(f.name, Any)
-        if typing.get_origin(t) is Union:  # already Optional[...]
+        if typing.get_origin(t) in (Union, types.UnionType):  # already Optional[...] or X | None
             fields.append((f.name, t, None))
         elif t in (int, float, bool, str):
-            fields.append((f.name, Optional[t], None))
+            fields.append((f.name, Optional[t], None))  # noqa: UP045 (built at run time for OmegaConf)
         else:
             fields.append((f.name, Any, None))
     return dataclasses.make_dataclass("ModelSection", [(n, t, field(default=d)) for n, t, d in fields])
@@ -116,9 +117,9 @@ class DeepSpeedSection:
 class TrainerSection:
     """Arguments of `lightning.Trainer` (only these: the rest is decided by the recipe)."""
 
-    max_steps: Optional[int] = None  # optimiser steps where this job stops; None = optim.total_steps
+    max_steps: int | None = None  # optimiser steps where this job stops; None = optim.total_steps
     accelerator: str = "auto"
-    devices: Union[int, str] = "auto"
+    devices: int | str = "auto"
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp | deepspeed
     precision: str = "32-true"
@@ -140,16 +141,16 @@ class RunConfig:
     dir: str = "runs/default"  # TensorBoard logs and checkpoints/ live here
     seed: int = 0  # weight initialisation (the data pipeline and probes own their seeds)
     # "auto": continue from {dir}/checkpoints/last.ckpt when it exists; a path: from it; null: fresh.
-    resume: Optional[str] = None
+    resume: str | None = None
     # a fresh start (resume null, or auto with nothing to resume) in a run.dir that already holds
     # checkpoints/last.ckpt is an error unless this is true: a typo must not overwrite a finished run
     overwrite: bool = False
     checkpoint_every_n_steps: int = 1000  # saved at the first episode boundary at or past each multiple
-    keep_every_n_steps: Optional[int] = None  # also keep step-NNNNNNN.ckpt copies at these multiples
+    keep_every_n_steps: int | None = None  # also keep step-NNNNNNN.ckpt copies at these multiples
     requeue_on_signal: bool = True  # under Slurm: SIGUSR1 -> checkpoint at a batch end, requeue, stop
     # torch intra-op threads (None: torch's default). Tiny CPU models run many small ops: on a
     # shared machine 2 threads per process measured 5x slower than 1 (OpenMP oversubscription).
-    torch_threads: Optional[int] = None
+    torch_threads: int | None = None
 
 
 @dataclass
@@ -213,15 +214,23 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> RecipeCon
 
 # names other tools (Lightning, transformers, mamba_ssm) give to our keys
 _ALIASES = {
-    "learning_rate": "optim.lr", "gradient_clip_val": "optim.grad_clip", "max_epochs": "trainer.max_steps",
-    "hidden_size": "model.d_model", "num_hidden_layers": "model.n_layer", "state_size": "model.d_state",
-    "n_layers": "model.n_layer", "num_layers": "model.n_layer", "head_dim": "model.headdim",
-    "seq_len": "data.train_length", "max_seq_len": "data.train_length", "micro_batch_size": "data.batch_size",
+    "learning_rate": "optim.lr",
+    "gradient_clip_val": "optim.grad_clip",
+    "max_epochs": "trainer.max_steps",
+    "hidden_size": "model.d_model",
+    "num_hidden_layers": "model.n_layer",
+    "state_size": "model.d_state",
+    "n_layers": "model.n_layer",
+    "num_layers": "model.n_layer",
+    "head_dim": "model.headdim",
+    "seq_len": "data.train_length",
+    "max_seq_len": "data.train_length",
+    "micro_batch_size": "data.batch_size",
 }
 
 
 def _did_you_mean(key: str, schema) -> str:
-    """"; did you mean optim.lr?" for the valid key nearest to `key` (whole key, else its last part)."""
+    """ "; did you mean optim.lr?" for the valid key nearest to `key` (whole key, else its last part)."""
     import difflib
 
     from omegaconf import DictConfig
@@ -236,12 +245,16 @@ def _did_you_mean(key: str, schema) -> str:
         return f"; did you mean {_ALIASES[leaf]}?"
     near = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     if not near:  # a known name in the wrong place or misspelt: compare the last parts
-        near = [k for k in valid if k.rsplit(".", 1)[-1] in difflib.get_close_matches(
-            leaf, [v.rsplit(".", 1)[-1] for v in valid], n=1, cutoff=0.75)][:1]
+        near = [
+            k
+            for k in valid
+            if k.rsplit(".", 1)[-1]
+            in difflib.get_close_matches(leaf, [v.rsplit(".", 1)[-1] for v in valid], n=1, cutoff=0.75)
+        ][:1]
     return f"; did you mean {near[0]}?" if near else ""
 
 
-def resolved(cfg: RecipeConfig, tokenizer_vocab: Optional[int] = None) -> RecipeConfig:
+def resolved(cfg: RecipeConfig, tokenizer_vocab: int | None = None) -> RecipeConfig:
     """A copy whose `model:` shows the values the run will use: the fields left null take
     `init_from`'s config.json (when it is on disk or in the HuggingFace cache) or
     Mamba2Config's defaults, and `vocab_size` the tokenizer's."""
@@ -250,7 +263,7 @@ def resolved(cfg: RecipeConfig, tokenizer_vocab: Optional[int] = None) -> Recipe
 
     out = copy.deepcopy(cfg)
     m = out.model
-    base: Optional[Mamba2Config] = None
+    base: Mamba2Config | None = None
     if m.init_from:
         from stuffed_mamba.model.pretrained import is_hub_name
 
@@ -312,51 +325,101 @@ def validate(cfg: RecipeConfig) -> None:
     """Impossible values and impossible combinations, each named by its key."""
     o, t, r, m, d = cfg.optim, cfg.trainer, cfg.run, cfg.model, cfg.data
     _check(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
-    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", f"must be two numbers in [0, 1), got {o.betas}")
+    _check(
+        len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
+        "optim.betas",
+        f"must be two numbers in [0, 1), got {o.betas}",
+    )
     _check(o.eps > 0, "optim.eps", f"must be > 0, got {o.eps}")
     _check(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
     _check(o.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 = off), got {o.grad_clip}")
-    _check(o.optimizer_step in ("segment", "episode"), "optim.optimizer_step", f"must be 'segment' or 'episode', got {o.optimizer_step!r}")
+    _check(
+        o.optimizer_step in ("segment", "episode"),
+        "optim.optimizer_step",
+        f"must be 'segment' or 'episode', got {o.optimizer_step!r}",
+    )
     _check(o.bptt in ("truncated", "full"), "optim.bptt", f"must be 'truncated' or 'full', got {o.bptt!r}")
-    _check(o.bptt != "full" or o.optimizer_step == "episode", "optim.bptt",
-           "full back-propagates through the whole episode, so it needs optim.optimizer_step=episode")
+    _check(
+        o.bptt != "full" or o.optimizer_step == "episode",
+        "optim.bptt",
+        "full back-propagates through the whole episode, so it needs optim.optimizer_step=episode",
+    )
     _check(o.total_steps >= 1, "optim.total_steps", f"must be >= 1, got {o.total_steps}")
-    _check(0 <= o.warmup_steps < o.total_steps, "optim.warmup_steps", f"must be in [0, optim.total_steps={o.total_steps}), got {o.warmup_steps}")
+    _check(
+        0 <= o.warmup_steps < o.total_steps,
+        "optim.warmup_steps",
+        f"must be in [0, optim.total_steps={o.total_steps}), got {o.warmup_steps}",
+    )
     _check(0.0 <= o.decay_fraction <= 1.0, "optim.decay_fraction", f"must be in [0, 1], got {o.decay_fraction}")
     _check(o.decay in DECAY_SHAPES, "optim.decay", f"must be one of {', '.join(DECAY_SHAPES)}, got {o.decay!r}")
     _check(0.0 <= o.min_lr_ratio <= 1.0, "optim.min_lr_ratio", f"must be in [0, 1], got {o.min_lr_ratio}")
-    _check(o.max_nonfinite_in_a_row >= 1, "optim.max_nonfinite_in_a_row", f"must be >= 1, got {o.max_nonfinite_in_a_row}")
+    _check(
+        o.max_nonfinite_in_a_row >= 1, "optim.max_nonfinite_in_a_row", f"must be >= 1, got {o.max_nonfinite_in_a_row}"
+    )
 
     _check(t.max_steps is None or t.max_steps >= 1, "trainer.max_steps", f"must be >= 1 or null, got {t.max_steps}")
     _check(t.strategy in STRATEGIES, "trainer.strategy", f"must be one of {', '.join(STRATEGIES)}, got {t.strategy!r}")
-    _check(str(t.precision) not in ROUNDED_PRECISIONS, "trainer.precision",
-           f"{t.precision} stores A_log, dt_bias and D in half precision, which rounds the decay exp(Delta A); "
-           "use bf16-mixed (fp32 parameters, bf16 matmuls)")
-    _check(str(t.precision) in PRECISIONS, "trainer.precision", f"must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
-    _check(isinstance(t.devices, int) and t.devices >= 1 or t.devices == "auto", "trainer.devices", f"must be a count >= 1 or 'auto', got {t.devices!r}")
+    _check(
+        str(t.precision) not in ROUNDED_PRECISIONS,
+        "trainer.precision",
+        f"{t.precision} stores A_log, dt_bias and D in half precision, which rounds the decay exp(Delta A); "
+        "use bf16-mixed (fp32 parameters, bf16 matmuls)",
+    )
+    _check(
+        str(t.precision) in PRECISIONS,
+        "trainer.precision",
+        f"must be one of {', '.join(PRECISIONS)}, got {t.precision!r}",
+    )
+    _check(
+        isinstance(t.devices, int) and t.devices >= 1 or t.devices == "auto",
+        "trainer.devices",
+        f"must be a count >= 1 or 'auto', got {t.devices!r}",
+    )
     _check(t.num_nodes >= 1, "trainer.num_nodes", f"must be >= 1, got {t.num_nodes}")
     _check(t.collective_timeout_s > 0, "trainer.collective_timeout_s", f"must be > 0, got {t.collective_timeout_s}")
     if cfg.probes.enabled:
         for f in dataclasses.fields(cfg.probes):
             probe = getattr(cfg.probes, f.name)
             if getattr(probe, "enabled", False) and hasattr(probe, "time_budget_s"):
-                _check(t.collective_timeout_s > probe.time_budget_s, "trainer.collective_timeout_s",
-                       f"must exceed probes.{f.name}.time_budget_s={probe.time_budget_s:g} (the other ranks wait "
-                       f"in a barrier while rank 0 probes), got {t.collective_timeout_s:g}")
+                _check(
+                    t.collective_timeout_s > probe.time_budget_s,
+                    "trainer.collective_timeout_s",
+                    f"must exceed probes.{f.name}.time_budget_s={probe.time_budget_s:g} (the other ranks wait "
+                    f"in a barrier while rank 0 probes), got {t.collective_timeout_s:g}",
+                )
     _check(t.log_every_n_steps >= 1, "trainer.log_every_n_steps", f"must be >= 1, got {t.log_every_n_steps}")
     _check(t.deepspeed.stage in (1, 2, 3), "trainer.deepspeed.stage", f"must be 1, 2 or 3, got {t.deepspeed.stage}")
-    _check(not t.deepspeed.offload_parameters or t.deepspeed.stage == 3, "trainer.deepspeed.offload_parameters",
-           "needs trainer.deepspeed.stage=3 (only ZeRO-3 partitions parameters)")
+    _check(
+        not t.deepspeed.offload_parameters or t.deepspeed.stage == 3,
+        "trainer.deepspeed.offload_parameters",
+        "needs trainer.deepspeed.stage=3 (only ZeRO-3 partitions parameters)",
+    )
 
-    _check(r.checkpoint_every_n_steps >= 1, "run.checkpoint_every_n_steps", f"must be >= 1, got {r.checkpoint_every_n_steps}")
-    _check(r.keep_every_n_steps is None or r.keep_every_n_steps >= 1, "run.keep_every_n_steps", f"must be >= 1 or null, got {r.keep_every_n_steps}")
+    _check(
+        r.checkpoint_every_n_steps >= 1,
+        "run.checkpoint_every_n_steps",
+        f"must be >= 1, got {r.checkpoint_every_n_steps}",
+    )
+    _check(
+        r.keep_every_n_steps is None or r.keep_every_n_steps >= 1,
+        "run.keep_every_n_steps",
+        f"must be >= 1 or null, got {r.keep_every_n_steps}",
+    )
     _check(bool(r.dir), "run.dir", "must not be empty")
-    _check(r.torch_threads is None or r.torch_threads >= 1, "run.torch_threads", f"must be >= 1 or null, got {r.torch_threads}")
+    _check(
+        r.torch_threads is None or r.torch_threads >= 1,
+        "run.torch_threads",
+        f"must be >= 1 or null, got {r.torch_threads}",
+    )
 
     _check(m.backend in ("torch", "mamba_ssm"), "model.backend", f"must be 'torch' or 'mamba_ssm', got {m.backend!r}")
     if m.init_from is None:
         for key in ("d_model", "n_layer"):
-            _check(getattr(m, key) is not None, f"model.{key}", "is required when model.init_from is null (training from scratch)")
+            _check(
+                getattr(m, key) is not None,
+                f"model.{key}",
+                "is required when model.init_from is null (training from scratch)",
+            )
     for key in ("segments", "train_length", "batch_size"):
         _check(getattr(d, key) >= 1, f"data.{key}", f"must be >= 1, got {getattr(d, key)}")
 

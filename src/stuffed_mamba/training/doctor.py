@@ -31,9 +31,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 TINY_MODEL = dict(d_model=32, n_layer=2, d_state=16, headdim=16, chunk_size=16, expand=2, d_conv=4, ngroups=1)
 FIT_SEGMENTS, FIT_LENGTH = 2, 32
@@ -89,8 +89,10 @@ def check_recipe(ctx: Context) -> str:
     except ConfigError as e:
         raise Fail(str(e)) from None
     t = ctx.cfg.trainer
-    return (f"{t.strategy}, {t.precision}, {t.accelerator} x {t.devices} x {t.num_nodes} node(s), "
-            f"backend {ctx.cfg.model.backend}")
+    return (
+        f"{t.strategy}, {t.precision}, {t.accelerator} x {t.devices} x {t.num_nodes} node(s), "
+        f"backend {ctx.cfg.model.backend}"
+    )
 
 
 def check_tokenizer(ctx: Context) -> str:
@@ -125,7 +127,9 @@ def check_data(ctx: Context) -> str:
     except Exception as e:  # noqa: BLE001 - Unavailable, OSError, gzip errors, ValueError, datasets' errors
         raise Fail(f"data.source={d.source}: {_first_line(e)}") from None
     if first is None:
-        why = getattr(reader, "last_error", None) or ", ".join(k for k, v in counters.items() if v and k.startswith("shards"))
+        why = getattr(reader, "last_error", None) or ", ".join(
+            k for k, v in counters.items() if v and k.startswith("shards")
+        )
         raise Fail(f"data.source={d.source}: first shard {shards[0]} gave no document ({why or 'empty'})")
     _, doc_id, text, utf8_or_outcome = first
     if text is None:
@@ -168,8 +172,10 @@ def check_kernels(ctx: Context) -> str:
         raise Fail(_first_line(e)) from None
     if not ctx.cuda and os.environ.get("TRITON_INTERPRET") != "1":
         # The Triton kernels compile for a GPU; on a CPU only the interpreter runs them (the tests' way).
-        raise Fail(f"{backend} kernels need a CUDA GPU: run the doctor on a GPU node (installed there with "
-                   "bash scripts/install.sh cuda), or use model.backend=torch on a CPU")
+        raise Fail(
+            f"{backend} kernels need a CUDA GPU: run the doctor on a GPU node (installed there with "
+            "bash scripts/install.sh cuda), or use model.backend=torch on a CPU"
+        )
     device = torch.device("cuda" if ctx.cuda else "cpu")
     torch.manual_seed(0)
     ref = Mamba2LM(Mamba2Config(**TINY_MODEL, vocab_size=64), backend="torch").to(device)
@@ -184,7 +190,7 @@ def check_kernels(ctx: Context) -> str:
         loss.backward()
         grads = [p.grad.detach().float() for p in model.parameters()]
         outs.append([out.logits.detach().float(), *(s.detach().float() for s in _state_tensors(out.state)), *grads])
-    for a, b in zip(outs[1], outs[0]):
+    for a, b in zip(outs[1], outs[0], strict=True):
         worst = max(worst, ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item())
         n += 1
     # 1e-2: mamba_ssm's tl.dot uses TF32 for fp32 operands on tensor cores (docs/kernels.md)
@@ -202,8 +208,9 @@ def check_collective(ctx: Context) -> str:
     port = _free_port()
     errors = mp.get_context("spawn").SimpleQueue()
     try:
-        mp.start_processes(_all_reduce, args=(world, backend, port, errors), nprocs=world, join=True,
-                           start_method="spawn")
+        mp.start_processes(
+            _all_reduce, args=(world, backend, port, errors), nprocs=world, join=True, start_method="spawn"
+        )
     except Exception as e:  # noqa: BLE001 - a rank's error arrives as ProcessRaisedException
         reason = errors.get() if not errors.empty() else _first_line(e)
         raise Fail(f"{backend}, {world} rank(s): {reason}") from None
@@ -237,16 +244,32 @@ def check_fit(ctx: Context) -> str:
     with tempfile.TemporaryDirectory(prefix="stuffed-mamba-doctor-") as tmp:
         run_dir = Path(tmp) / "run"
         tiny = [
-            *(f"model.{k}={v}" for k, v in TINY_MODEL.items()), "model.init_from=null", "model.vocab_size=null",
+            *(f"model.{k}={v}" for k, v in TINY_MODEL.items()),
+            "model.init_from=null",
+            "model.vocab_size=null",
             f"model.backend={backend}",
-            f"data.source={sample}", "data.listing=null", f"data.tokenizer={sample / 'tokenizer.json'}",
-            "data.min_doc_tokens=256", f"data.train_length={FIT_LENGTH}", f"data.segments={FIT_SEGMENTS}",
-            "data.batch_size=1", "data.num_workers=0", "data.epochs=null",
-            "optim.total_steps=100", "optim.warmup_steps=1",
-            f"trainer.accelerator={accelerator}", f"trainer.devices={devices}", "trainer.num_nodes=1",
-            f"trainer.strategy={strategy}", "trainer.enable_progress_bar=false",
-            "probes.enabled=false", f"run.dir={run_dir}", f"run.checkpoint_every_n_steps={per_episode}",
-            "run.keep_every_n_steps=null", "run.overwrite=true", "run.requeue_on_signal=false",
+            f"data.source={sample}",
+            "data.listing=null",
+            f"data.tokenizer={sample / 'tokenizer.json'}",
+            "data.min_doc_tokens=256",
+            f"data.train_length={FIT_LENGTH}",
+            f"data.segments={FIT_SEGMENTS}",
+            "data.batch_size=1",
+            "data.num_workers=0",
+            "data.epochs=null",
+            "optim.total_steps=100",
+            "optim.warmup_steps=1",
+            f"trainer.accelerator={accelerator}",
+            f"trainer.devices={devices}",
+            "trainer.num_nodes=1",
+            f"trainer.strategy={strategy}",
+            "trainer.enable_progress_bar=false",
+            "probes.enabled=false",
+            f"run.dir={run_dir}",
+            f"run.checkpoint_every_n_steps={per_episode}",
+            "run.keep_every_n_steps=null",
+            "run.overwrite=true",
+            "run.requeue_on_signal=false",
         ]
         base = [sys.executable, "-m", "stuffed_mamba", "fit", ctx.recipe, *ctx.overrides, *tiny]
         first = _fit(base + ["run.resume=null", f"trainer.max_steps={per_episode}"], "first episode")
@@ -261,8 +284,11 @@ def check_fit(ctx: Context) -> str:
             raise Fail(f"resume: ended at optimiser step {steps}, expected {2 * per_episode}")
         loss_1, loss_2 = _last_loss(first), _last_loss(second)
         step, kind = _eval_read(last, backend)
-    notes.insert(0, f"{strategy}, {t.precision}, backend {backend}: 2 episodes, loss {loss_1} -> {loss_2}; "
-                    f"{kind} checkpoint saved, resumed, read back at step {step}")
+    notes.insert(
+        0,
+        f"{strategy}, {t.precision}, backend {backend}: 2 episodes, loss {loss_1} -> {loss_2}; "
+        f"{kind} checkpoint saved, resumed, read back at step {step}",
+    )
     return "; ".join(notes)
 
 
@@ -313,8 +339,9 @@ CHECKS: list[tuple[str, Callable[[Context], str]]] = [
 ]
 
 
-def run_checks(recipe: str, overrides: list[str], *, skip: tuple[str, ...] = (),
-               on_result: Callable[[Result], None] | None = None) -> list[Result]:
+def run_checks(
+    recipe: str, overrides: list[str], *, skip: tuple[str, ...] = (), on_result: Callable[[Result], None] | None = None
+) -> list[Result]:
     ctx = Context(recipe, overrides)
     results = []
     for name, check in CHECKS:
@@ -365,25 +392,31 @@ def estimate_need_bytes(cfg, c) -> tuple[int, str]:
     states = P * per_param
     a = 2 if bf16 else 4
     tokens = cfg.data.batch_size * cfg.data.train_length
-    one_layer = tokens * (8 * c.d_inner + c.d_in_proj) * a + tokens // c.chunk_size * c.nheads * c.headdim * c.d_state * 4
+    one_layer = (
+        tokens * (8 * c.d_inner + c.d_in_proj) * a + tokens // c.chunk_size * c.nheads * c.headdim * c.d_state * 4
+    )
     stored = tokens * c.d_model * a * c.n_layer
     acts = stored + one_layer if m.activation_checkpointing else c.n_layer * one_layer + stored
     logits = 4096 * c.vocab_size_padded * 4 * 3
     need = int(states + acts + logits)
     gib = 1 << 30
-    parts = (f"{P / 1e6:.0f}M params: weights+grads+optimizer {states / gib:.1f} GiB, "
-             f"activations {(acts + logits) / gib:.1f} GiB; estimate")
+    parts = (
+        f"{P / 1e6:.0f}M params: weights+grads+optimizer {states / gib:.1f} GiB, "
+        f"activations {(acts + logits) / gib:.1f} GiB; estimate"
+    )
     return need, parts
 
 
 def count_parameters(c) -> int:
     """Parameters of Mamba2LM(c) without building it (the 780M model would take seconds and 3 GB)."""
-    per_layer = (c.d_model * c.d_in_proj  # in_proj
-                 + c.conv_dim * (c.d_conv + 1)  # conv1d weight and bias
-                 + 3 * c.nheads  # dt_bias, A_log, D
-                 + c.d_inner  # gated norm
-                 + c.d_inner * c.d_model  # out_proj
-                 + c.d_model)  # the block's norm
+    per_layer = (
+        c.d_model * c.d_in_proj  # in_proj
+        + c.conv_dim * (c.d_conv + 1)  # conv1d weight and bias
+        + 3 * c.nheads  # dt_bias, A_log, D
+        + c.d_inner  # gated norm
+        + c.d_inner * c.d_model  # out_proj
+        + c.d_model
+    )  # the block's norm
     head = 0 if c.tie_embeddings else c.vocab_size_padded * c.d_model
     return c.vocab_size_padded * c.d_model + c.n_layer * per_layer + c.d_model + head
 
@@ -409,8 +442,13 @@ def _all_reduce(rank: int, world: int, backend: str, port: int, errors) -> None:
     import torch.distributed as dist
 
     try:
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=60))
+        dist.init_process_group(
+            backend,
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=60),
+        )
         device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
         x = torch.full((4,), float(rank + 1), device=device)
         dist.all_reduce(x)

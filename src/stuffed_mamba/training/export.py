@@ -46,8 +46,10 @@ def _load(checkpoint: str | Path, backend: str = "torch"):
             ckpt = _read_lightning_checkpoint(path)
         except Exception as e:  # noqa: BLE001 - a truncated or foreign file raises many kinds
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise ValueError(f"cannot read checkpoint {str(path)!r} ({first}): truncated, or not written by "
-                             f"stuffed-mamba fit; export another one (e.g. a kept step-*.ckpt)") from None
+            raise ValueError(
+                f"cannot read checkpoint {str(path)!r} ({first}): truncated, or not written by "
+                f"stuffed-mamba fit; export another one (e.g. a kept step-*.ckpt)"
+            ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
     if "mamba2_config" not in ckpt:
@@ -57,11 +59,13 @@ def _load(checkpoint: str | Path, backend: str = "torch"):
         raw["A_init_range"] = tuple(raw["A_init_range"])
     model = Mamba2LM(Mamba2Config(**raw), backend=backend)
     prefix = "model."
-    sd = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    sd = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not match its mamba2_config: {str(e).strip().splitlines()[-1].strip()}") from None
+        raise ValueError(
+            f"{path}: weights do not match its mamba2_config: {str(e).strip().splitlines()[-1].strip()}"
+        ) from None
     # bf16-true runs keep bf16 weights (no fp32 master): export them as they are. DeepSpeed folders
     # give their fp32 master weights.
     dtypes = {v.dtype for v in sd.values()}

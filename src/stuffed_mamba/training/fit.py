@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from stuffed_mamba.training.config import ConfigError, RecipeConfig, mamba2_overrides, to_dict, to_yaml
-
 
 RESULT_FILE = "fit_result.json"
 
@@ -47,7 +47,9 @@ def build_model(cfg: RecipeConfig, tokenizer):
         for key, value in overrides.items():
             have = getattr(model.config, key)
             if have != value and key != "chunk_size":
-                raise ConfigError(f"model.{key}={value} conflicts with {m.init_from} ({key}={have}); drop it from the recipe")
+                raise ConfigError(
+                    f"model.{key}={value} conflicts with {m.init_from} ({key}={have}); drop it from the recipe"
+                )
     else:
         overrides.setdefault("vocab_size", tokenizer.vocab_size)
         try:
@@ -185,8 +187,9 @@ def fit(
     if loader_factory is None:
         _check_data(cfg, world_size)
     changes = recipe_changes(point.recipe, to_dict(cfg)) if point is not None else []
-    for line in startup_report(cfg, model, world_size=world_size, resume_from=resume_from, recipe=recipe,
-                               changes=changes):
+    for line in startup_report(
+        cfg, model, world_size=world_size, resume_from=resume_from, recipe=recipe, changes=changes
+    ):
         say(line)
     if trainer.is_global_zero:
         # The probes' inputs (evaluation text, possibly over HTTP) now, before any other rank
@@ -241,8 +244,18 @@ def _resume_point(cfg: RecipeConfig, run_dir: Path, ckpt_dir: Path):
 def _complete(point, resume_from: str, run_dir: Path) -> FitResult:
     """The result of a run that already reached trainer.max_steps: nothing to do."""
     c = point.counters
-    return FitResult(point.global_step, c.get("episodes_done", 0), c.get("tokens_seen", 0), None, 0.0, resume_from,
-                     str(run_dir / "tensorboard"), c.get("nonfinite_total", 0), False, already_complete=True)
+    return FitResult(
+        point.global_step,
+        c.get("episodes_done", 0),
+        c.get("tokens_seen", 0),
+        None,
+        0.0,
+        resume_from,
+        str(run_dir / "tensorboard"),
+        c.get("nonfinite_total", 0),
+        False,
+        already_complete=True,
+    )
 
 
 def _catch_requeue_signal(cfg: RecipeConfig, ckpt_dir: Path, checkpoints):
@@ -273,8 +286,13 @@ def _callbacks(cfg, run_dir, ckpt_dir, point, checkpoints, requeue, tokenizer, e
     from stuffed_mamba.training.requeue import StopOnInterrupt
     from stuffed_mamba.training.resume import RecordRun
 
-    record = RecordRun(str(run_dir), to_yaml(cfg), to_dict(cfg), resumed_step=point.global_step if point else None,
-                       hyperparameters=lambda: _flat(to_dict(cfg)))
+    record = RecordRun(
+        str(run_dir),
+        to_yaml(cfg),
+        to_dict(cfg),
+        resumed_step=point.global_step if point else None,
+        hyperparameters=lambda: _flat(to_dict(cfg)),
+    )
     interrupt = StopOnInterrupt(ckpt_dir, saver=checkpoints.save_unless_current)
     callbacks = [record, checkpoints, interrupt]
     if requeue is not None:
@@ -355,6 +373,7 @@ def quiet_lightning() -> None:
         ".*'set_vital' is deprecated.*",
     ):
         warnings.filterwarnings("ignore", message=pattern)
+
     class DropTips(logging.Filter):
         def filter(self, record):
             return "Tip: For seamless" not in record.getMessage()
@@ -362,9 +381,11 @@ def quiet_lightning() -> None:
     rank_zero_logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(type(f).__name__ == "DropTips" for f in rank_zero_logger.filters):
         rank_zero_logger.addFilter(DropTips())
-    for name in ("lightning.pytorch.trainer.connectors.checkpoint_connector",
-                 "lightning.pytorch.trainer.connectors.logger_connector.logger_connector",
-                 "lightning.pytorch.trainer.connectors.callback_connector"):
+    for name in (
+        "lightning.pytorch.trainer.connectors.checkpoint_connector",
+        "lightning.pytorch.trainer.connectors.logger_connector.logger_connector",
+        "lightning.pytorch.trainer.connectors.callback_connector",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import lightning as L
 import torch
@@ -73,8 +74,14 @@ class TBPTTModule(L.LightningModule):
         # A non-finite loss on any rank is back-propagated as NaN on every rank (the same calls
         # everywhere), so the step skips under every strategy: clip norm, DeepSpeed's overflow check.
         losses, state = backward_episode(
-            self.model, inputs, labels, mode=self.optim_cfg.bptt, backward=backward,
-            all_finite=self._finite_on_every_rank, scale=1.0 if step_per_segment else None, return_state=True,
+            self.model,
+            inputs,
+            labels,
+            mode=self.optim_cfg.bptt,
+            backward=backward,
+            all_finite=self._finite_on_every_rank,
+            scale=1.0 if step_per_segment else None,
+            return_state=True,
         )
         losses = losses.cpu()
         if not step_per_segment:
@@ -191,8 +198,11 @@ class TBPTTModule(L.LightningModule):
         if self.trainer.progress_bar_callback is None and self.trainer.is_global_zero:
             # batch jobs (Slurm logs) get one line per logged episode instead of a bar
             loss = metrics.get("train/loss", float("nan"))
-            print(f"step {self.global_step} episode {self.episodes_done} loss {loss:.4f} lr {metrics['train/lr']:.3g} "
-                  f"tokens/s {metrics['train/tokens_per_s']:.0f}", flush=True)
+            print(
+                f"step {self.global_step} episode {self.episodes_done} loss {loss:.4f} lr {metrics['train/lr']:.3g} "
+                f"tokens/s {metrics['train/tokens_per_s']:.0f}",
+                flush=True,
+            )
 
     # ------------------------------------------------------------------ optimiser
 

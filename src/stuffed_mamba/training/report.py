@@ -8,8 +8,9 @@ from stuffed_mamba.allocator import describe as describe_allocator
 from stuffed_mamba.training.config import RecipeConfig
 
 
-def startup_report(cfg: RecipeConfig, model, *, world_size: int, resume_from: str | None, recipe: str | None,
-                   changes: list[str] = ()) -> list[str]:
+def startup_report(
+    cfg: RecipeConfig, model, *, world_size: int, resume_from: str | None, recipe: str | None, changes: list[str] = ()
+) -> list[str]:
     """Lines to print on rank 0 before training. The last lines may be WARNINGs. `changes`: the recipe
     keys that differ from the resumed run's (`key: old -> new`)."""
     from stuffed_mamba.analysis import forget_threshold_warning, predicted_thresholds
@@ -55,8 +56,10 @@ def startup_report(cfg: RecipeConfig, model, *, world_size: int, resume_from: st
 
 def _horizon(bptt: str, S: int, T: int) -> str:
     if bptt == "full":
-        return (f"horizon {S * T:,} tokens (full BPTT: exact through {S} segments x {T}, at one segment's "
-                f"memory plus {S} boundary states, {S - 1} extra segment forwards)")
+        return (
+            f"horizon {S * T:,} tokens (full BPTT: exact through {S} segments x {T}, at one segment's "
+            f"memory plus {S} boundary states, {S - 1} extra segment forwards)"
+        )
     return f"horizon {T:,} tokens (truncated BPTT: stops at segment boundaries; the state carries {S} x {T})"
 
 
@@ -73,5 +76,7 @@ def _predicted(pred: dict) -> str:
     def value(t):
         return f"{t / 1e3:.1f}K tokens" if t > 0 else "n/a (N_S below the fit's range)"
 
-    return (f"T_forget = {value(pred['t_forget'])}, T_recall = {value(pred['t_recall'])} "
-            f"(paper section 5 fits, for N_S = {pred['state_size'] / 1e6:.3f}M floats)")
+    return (
+        f"T_forget = {value(pred['t_forget'])}, T_recall = {value(pred['t_recall'])} "
+        f"(paper section 5 fits, for N_S = {pred['state_size'] / 1e6:.3f}M floats)"
+    )

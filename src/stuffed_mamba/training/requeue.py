@@ -29,8 +29,9 @@ class RequeueOnSignal(L.Callback):
     """`saver(trainer, pl_module)` writes last.ckpt (the run's EpisodeCheckpoint.save, so both agree
     on what was saved last); without one, last.ckpt is written here."""
 
-    def __init__(self, checkpoint_dir: str | os.PathLike, signum: int = signal.SIGUSR1, requeue: bool = True,
-                 saver=None):
+    def __init__(
+        self, checkpoint_dir: str | os.PathLike, signum: int = signal.SIGUSR1, requeue: bool = True, saver=None
+    ):
         self.checkpoint_dir = Path(checkpoint_dir)
         self.saver = saver
         self.signum = signum
@@ -86,11 +87,17 @@ class RequeueOnSignal(L.Callback):
         job_id = os.environ.get("SLURM_ARRAY_JOB_ID")
         job_id = f"{job_id}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job_id else os.environ.get("SLURM_JOB_ID")
         if not self.requeue or job_id is None:
-            print(f"[stuffed-mamba] signal {self.signum}: saved {self.checkpoint_dir / LAST}; no Slurm job to requeue", flush=True)
+            print(
+                f"[stuffed-mamba] signal {self.signum}: saved {self.checkpoint_dir / LAST}; no Slurm job to requeue",
+                flush=True,
+            )
             return
         result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
         if result.returncode == 0:
-            print(f"[stuffed-mamba] signal {self.signum}: saved {self.checkpoint_dir / LAST}, requeued job {job_id}", flush=True)
+            print(
+                f"[stuffed-mamba] signal {self.signum}: saved {self.checkpoint_dir / LAST}, requeued job {job_id}",
+                flush=True,
+            )
         else:
             print(
                 f"[stuffed-mamba] signal {self.signum}: saved {self.checkpoint_dir / LAST}, but `scontrol requeue {job_id}` "
@@ -112,8 +119,11 @@ class StopOnInterrupt(RequeueOnSignal):
             raise KeyboardInterrupt
         self.flag = True
         # os.write, not print: a handler that prints can interrupt a print (reentrant call)
-        os.write(2, b"\n[stuffed-mamba] Ctrl-C: stopping at the next episode boundary with a checkpoint "
-                    b"(Ctrl-C again aborts without one)\n")
+        os.write(
+            2,
+            b"\n[stuffed-mamba] Ctrl-C: stopping at the next episode boundary with a checkpoint "
+            b"(Ctrl-C again aborts without one)\n",
+        )
 
     def _requeue_job(self) -> None:
         pass  # the caller says where the run stopped and how to continue

@@ -11,9 +11,9 @@ recipe that wrote it (`checkpoint["recipe"]`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import lightning as L
 
@@ -29,8 +29,8 @@ _NOT_ARCHITECTURE = {"chunk_size"}
 class ResumePoint:
     path: str
     global_step: int
-    mamba2_config: Optional[dict]
-    recipe: Optional[dict]  # the recipe of the run that wrote it (in the checkpoint, else {run.dir}/recipe.yaml)
+    mamba2_config: dict | None
+    recipe: dict | None  # the recipe of the run that wrote it (in the checkpoint, else {run.dir}/recipe.yaml)
     counters: dict  # the training module's: episodes_done, tokens_seen, nonfinite_total
 
 
@@ -47,8 +47,10 @@ def read_resume_point(path: str) -> ResumePoint:
             f"(run.resume=null run.overwrite=true)"
         ) from None
     if not isinstance(ckpt, dict) or "global_step" not in ckpt:
-        raise ConfigError(f"run.resume: {path} is not a checkpoint of stuffed-mamba fit (no global_step); "
-                          f"resume from another one or start over (run.resume=null run.overwrite=true)")
+        raise ConfigError(
+            f"run.resume: {path} is not a checkpoint of stuffed-mamba fit (no global_step); "
+            f"resume from another one or start over (run.resume=null run.overwrite=true)"
+        )
     recipe = ckpt.get("recipe")
     if recipe is None:
         saved = p.parent.parent / "recipe.yaml"  # {run.dir}/checkpoints/last.ckpt
@@ -56,7 +58,9 @@ def read_resume_point(path: str) -> ResumePoint:
             from omegaconf import OmegaConf
 
             recipe = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
-    return ResumePoint(str(path), int(ckpt["global_step"]), ckpt.get("mamba2_config"), recipe, dict(ckpt.get("tbptt") or {}))
+    return ResumePoint(
+        str(path), int(ckpt["global_step"]), ckpt.get("mamba2_config"), recipe, dict(ckpt.get("tbptt") or {})
+    )
 
 
 def _load_client_state(p: Path) -> dict:
@@ -78,7 +82,8 @@ def check_architecture(point: ResumePoint, config) -> None:
         return
     now = config.to_dict()
     changed = [
-        k for k in sorted(set(now) | set(point.mamba2_config))
+        k
+        for k in sorted(set(now) | set(point.mamba2_config))
         if k not in _NOT_ARCHITECTURE and _norm(now.get(k)) != _norm(point.mamba2_config.get(k))
     ]
     if changed:
@@ -91,13 +96,16 @@ def check_architecture(point: ResumePoint, config) -> None:
         )
 
 
-def recipe_changes(saved: Optional[dict], now: dict) -> list[str]:
+def recipe_changes(saved: dict | None, now: dict) -> list[str]:
     """`key: old -> new` for every recipe key that differs from the run's saved recipe."""
     if not saved:
         return []
     a, b = _flat(saved), _flat(now)
-    return [f"{k}: {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b))
-            if k not in _START_KEYS and _norm(a.get(k)) != _norm(b.get(k))]
+    return [
+        f"{k}: {a.get(k)} -> {b.get(k)}"
+        for k in sorted(set(a) | set(b))
+        if k not in _START_KEYS and _norm(a.get(k)) != _norm(b.get(k))
+    ]
 
 
 def _norm(v):
@@ -117,8 +125,15 @@ def _flat(d: dict, prefix: str = "") -> dict:
 class RecordRun(L.Callback):
     """Writes what a successful start leaves in run.dir, once the checkpoint has been restored."""
 
-    def __init__(self, run_dir: str, recipe_yaml: str, recipe: dict, *, resumed_step: Optional[int],
-                 hyperparameters: Callable[[], dict]):
+    def __init__(
+        self,
+        run_dir: str,
+        recipe_yaml: str,
+        recipe: dict,
+        *,
+        resumed_step: int | None,
+        hyperparameters: Callable[[], dict],
+    ):
         self.run_dir = Path(run_dir)
         self.recipe_yaml = recipe_yaml
         self.recipe = recipe

@@ -16,7 +16,7 @@ import os
 import re
 import subprocess
 import sys
-from typing import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 
 
 def scontrol(*args: str) -> str:
@@ -45,8 +45,9 @@ def task_environment(environ: Mapping[str, str], run: Callable[..., str] = scont
     return env
 
 
-def apply_task_environment(environ: MutableMapping[str, str] = os.environ,
-                           run: Callable[..., str] = scontrol) -> str | None:
+def apply_task_environment(
+    environ: MutableMapping[str, str] = os.environ, run: Callable[..., str] = scontrol
+) -> str | None:
     """Set `task_environment` in `environ`; a line for the log (None outside Slurm)."""
     env = task_environment(environ, run)
     if not env:
@@ -54,5 +55,7 @@ def apply_task_environment(environ: MutableMapping[str, str] = os.environ,
     environ.update(env)
     if environ is os.environ and "torch" in sys.modules:  # its OpenMP pool read OMP_NUM_THREADS at import
         sys.modules["torch"].set_num_threads(int(env["OMP_NUM_THREADS"]))
-    return (f"job {environ['SLURM_JOB_ID']} restart {environ.get('SLURM_RESTART_COUNT', '0')} on "
-            f"{environ.get('SLURM_JOB_NODELIST')}, rendezvous {env['MASTER_ADDR']}:{env['MASTER_PORT']}")
+    return (
+        f"job {environ['SLURM_JOB_ID']} restart {environ.get('SLURM_RESTART_COUNT', '0')} on "
+        f"{environ.get('SLURM_JOB_NODELIST')}, rendezvous {env['MASTER_ADDR']}:{env['MASTER_PORT']}"
+    )

@@ -49,13 +49,17 @@ def deepspeed_config(cfg: RecipeConfig) -> dict[str, Any]:
         "bf16": {"enabled": False},
         # No module's gradients reduced in bf16: fp32 as under DDP, and one fp32 bucket rather than
         # an fp32 and a bf16 one of reduce_bucket_size elements each (both hold fp32 gradients).
-        "torch_autocast": {"enabled": precision == "bf16-mixed", "dtype": "bfloat16", "lower_precision_safe_modules": []},
+        "torch_autocast": {
+            "enabled": precision == "bf16-mixed",
+            "dtype": "bfloat16",
+            "lower_precision_safe_modules": [],
+        },
         "wall_clock_breakdown": False,
     }
 
 
 def build_strategy(cfg: RecipeConfig):
-    """"auto" -> Lightning's choice for one device, "ddp" -> DDPStrategy, "deepspeed" -> DeepSpeedStrategy."""
+    """ "auto" -> Lightning's choice for one device, "ddp" -> DDPStrategy, "deepspeed" -> DeepSpeedStrategy."""
     name = cfg.trainer.strategy
     if name == "auto":
         return "auto"
