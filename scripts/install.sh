@@ -11,6 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 LOCK=(-c constraints.txt)
+# INSTALL_DRY_RUN=1 prints the install commands instead of running them (tests/test_install_script.py)
+run() { if [ -n "${INSTALL_DRY_RUN:-}" ]; then echo "+ $*"; else "$@"; fi; }
+case "${1:-base}" in base | dev | cuda) ;; *) echo "install.sh: unknown mode '$1': base (default), dev or cuda" >&2; exit 2 ;; esac
 
 if [ "${1:-}" = "cuda" ]; then
   # Order matters: mamba-ssm and causal-conv1d compile CUDA code against the installed torch, so
@@ -22,43 +25,61 @@ if [ "${1:-}" = "cuda" ]; then
   # those lines of the lock (taken on a CPU machine) are left to it.
   grep -v -E '^(nvidia-|cuda-|triton==)' constraints.txt >"${TMPDIR:-/tmp}/stuffed-mamba-cuda-constraints.txt"
   LOCK=(-c "${TMPDIR:-/tmp}/stuffed-mamba-cuda-constraints.txt")
-  $PY -m pip install -q "torch==2.13.0" "${LOCK[@]}"
-  $PY -c "import torch; assert torch.version.cuda, 'this torch is a CPU build: install a CUDA build of torch 2.13.0 first'"
-  $PY -m pip install -q -e . "${LOCK[@]}"
-  $PY -m pip install -q packaging ninja wheel "setuptools>=61" "${LOCK[@]}"
+  run $PY -m pip install -q "torch==2.13.0" "${LOCK[@]}"
+  run $PY -c "import torch; assert torch.version.cuda, 'this torch is a CPU build: install a CUDA build of torch 2.13.0 first'"
+  run $PY -m pip install -q -e . "${LOCK[@]}"
+  run $PY -m pip install -q packaging ninja wheel "setuptools>=61" "${LOCK[@]}"
   if ! command -v nvcc >/dev/null; then
     echo "install.sh cuda: no nvcc on PATH; unless a prebuilt wheel matches this torch/CUDA/Python, the" \
          "builds below need the CUDA toolkit of torch's CUDA $($PY -c 'import torch; print(torch.version.cuda)')" \
          "(e.g. module load cuda)" >&2
   fi
   # causal-conv1d before mamba-ssm (mamba-ssm's optional conv); MAX_JOBS bounds nvcc's memory.
-  MAX_JOBS=${MAX_JOBS:-4} $PY -m pip install -q --no-build-isolation "causal-conv1d==1.7.0" "${LOCK[@]}"
-  MAX_JOBS=${MAX_JOBS:-4} $PY -m pip install -q --no-build-isolation "mamba-ssm==2.3.2.post1" "${LOCK[@]}"
-  $PY -c "from stuffed_mamba.ops import get_backend; get_backend('mamba_ssm'); print('mamba_ssm backend: kernels import')"
+  run env MAX_JOBS=${MAX_JOBS:-4} $PY -m pip install -q --no-build-isolation "causal-conv1d==1.7.0" "${LOCK[@]}"
+  run env MAX_JOBS=${MAX_JOBS:-4} $PY -m pip install -q --no-build-isolation "mamba-ssm==2.3.2.post1" "${LOCK[@]}"
+  run $PY -c "from stuffed_mamba.ops import get_backend; get_backend('mamba_ssm'); print('mamba_ssm backend: kernels import')"
   exit 0
 fi
 
-# CPU torch first: anything that asks for a bare "torch" later then finds it satisfied
-# instead of pulling a multi-GB CUDA build.
-# TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu: the CPU build where PyPI's is the CUDA one.
-$PY -m pip install -q "torch==2.13.0" "${LOCK[@]}" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
+# torch first: anything that asks for a bare "torch" later then finds it satisfied. The build follows
+# the machine: the CPU build where no NVIDIA GPU is visible (PyPI's torch 2.13.0 is the multi-GB CUDA
+# build on Linux x86-64), the CUDA build where one is. TORCH_BUILD=cpu|cuda overrides the detection;
+# TORCH_INDEX_URL=URL takes torch from that index whatever the build.
+TORCH_CPU_INDEX=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
+build=${TORCH_BUILD:-}
+if [ -z "$build" ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then build=cuda; else build=cpu; fi
+fi
+case "$build" in cpu | cuda) ;; *) echo "install.sh: TORCH_BUILD=$build: use cpu or cuda" >&2; exit 2 ;; esac
+index=${TORCH_INDEX_URL:-}
+if [ -z "$index" ] && [ "$build" = cpu ]; then
+  if $PY -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + '/torch/', timeout=5)" \
+    "$TORCH_CPU_INDEX" >/dev/null 2>&1; then
+    index=$TORCH_CPU_INDEX
+  else
+    echo "install.sh: PyTorch's CPU index ($TORCH_CPU_INDEX) cannot be reached; torch 2.13.0 comes from PyPI" \
+      "(a CPU wheel where pip's configuration provides one, else PyPI's build)" >&2
+  fi
+fi
+echo "install.sh: torch 2.13.0, $build build${index:+, from $index}"
+run $PY -m pip install -q "torch==2.13.0" "${LOCK[@]}" ${index:+--index-url "$index"}
 # jemalloc: `stuffed-mamba` runs under it when present (src/stuffed_mamba/allocator.py); without it
 # long segments page-fault through glibc's malloc. Optional: the install goes on without it.
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! ldconfig -p 2>/dev/null | grep -q libjemalloc.so.2; then
+if [ -z "${INSTALL_DRY_RUN:-}" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! ldconfig -p 2>/dev/null | grep -q libjemalloc.so.2; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libjemalloc2 >/dev/null 2>&1 \
     || { apt-get update -qq >/dev/null 2>&1 \
          && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libjemalloc2 >/dev/null 2>&1; } \
     || echo "install.sh: libjemalloc2 not installed; stuffed-mamba will use the C library's malloc" >&2
 fi
 if [ "${1:-}" != "dev" ]; then
-  $PY -m pip install -q -e . "${LOCK[@]}"
+  run $PY -m pip install -q -e . "${LOCK[@]}"
 else
-  $PY -m pip install -q -e ".[dev]" "${LOCK[@]}"
+  run $PY -m pip install -q -e ".[dev]" "${LOCK[@]}"
   # mamba-ssm's CUDA extension cannot build here; its Python package (Triton kernels) can,
   # and the tests run those kernels on the CPU under TRITON_INTERPRET=1.
   MAMBA_FORCE_BUILD=TRUE MAMBA_SKIP_CUDA_BUILD=TRUE \
-    $PY -m pip install -q --no-build-isolation "mamba-ssm==2.3.2.post1" "${LOCK[@]}"
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    run $PY -m pip install -q --no-build-isolation "mamba-ssm==2.3.2.post1" "${LOCK[@]}"
+  if [ -z "${INSTALL_DRY_RUN:-}" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
       export DEBIAN_FRONTEND=noninteractive
       apt-get update -qq
