@@ -5,61 +5,140 @@ advances by S per batch, so its `global_step % N == 0` test misses most multiple
 of N. Here a checkpoint is saved at the first episode boundary at or past each
 multiple of N, and at the end of training.
 
-Written beside its final name (`last.ckpt.tmp`) and renamed over it. A file is replaced
-by one atomic rename. A DeepSpeed checkpoint is a folder, which a rename cannot put
-over a non-empty folder, so it takes two (`last.ckpt` -> `last.ckpt.old`, `.tmp` ->
-`last.ckpt`); a kill between them leaves no `last.ckpt`. Hence a completeness marker,
-written into the folder after every rank's shard is on disk, and a resume that looks
-for the newest complete one: `last.ckpt`, else a marked `.tmp` (killed between the
-renames: it is newer than `.old`), else `.old`. The next save first promotes a marked
-`.tmp` to `last.ckpt`, so the newest complete checkpoint is never deleted before a
-newer one is complete.
+Written beside its final name (`last.ckpt.tmp`), sealed with its manifest (sizes and digests,
+`stuffed_mamba.model.integrity`: a file's in its zip comment, a folder's in the marker file
+`stuffed_mamba_complete`), then renamed over it. A file is replaced by one atomic rename. A
+DeepSpeed checkpoint is a folder, which a rename cannot put over a non-empty folder, so it takes
+two (`last.ckpt` -> `last.ckpt.old`, `.tmp` -> `last.ckpt`); a kill between them leaves no
+`last.ckpt`. Hence the marker, written into the folder after every rank's shard is on disk, and a
+resume that looks for the newest complete one: a marked `.tmp` (killed between the renames: it is
+newer than `.old`), else `last.ckpt`, else `.old`. The next save first promotes a marked `.tmp` to
+`last.ckpt`, so the newest complete checkpoint is never deleted before a newer one is complete.
+
+`run.resume=auto` then verifies: it takes the newest candidate that proves it is whole (those three,
+then the kept `step-*.ckpt`, newest step first), says in one line which and how many steps a damaged
+newer one cost, and refuses to start a run over whose checkpoints are all damaged.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
 
+from stuffed_mamba.model.integrity import (
+    FOLDER_MANIFEST,
+    CheckpointDamaged,
+    has_manifest,
+    manifest_step,
+    seal_file,
+    seal_folder,
+    verify_checkpoint,
+)
+
 LAST = "last.ckpt"
-COMPLETE = "stuffed_mamba_complete"  # marker file inside a checkpoint folder, written last
+COMPLETE = FOLDER_MANIFEST  # the manifest inside a checkpoint folder, written last (marks it complete)
+_KEPT = re.compile(r"step-(\d+)\.ckpt")
+_ADVICE = "resume from another checkpoint (run.resume=PATH) or start over (run.resume=null run.overwrite=true)"
 
 
 def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def resolve_resume(resume: str | None, run_dir: str | os.PathLike) -> str | None:
-    """`run.resume`: "auto" -> the newest complete checkpoint of the run (`latest_complete`), else
-    start fresh; a path -> it; None -> fresh."""
+def resolve_resume(resume: str | None, run_dir: str | os.PathLike, say: Callable[[str], None] = print) -> str | None:
+    """`run.resume`: "auto" -> the newest intact checkpoint of the run (`newest_intact`), else start
+    fresh; a path -> it, if intact; None -> fresh. A damaged one is a one-line `ConfigError`."""
+    from stuffed_mamba.training.config import ConfigError
+
     if resume is None:
         return None
     if resume == "auto":
-        found = latest_complete(checkpoint_dir(run_dir) / LAST)
-        return str(found) if found is not None else None
+        return newest_intact(checkpoint_dir(run_dir), say)
     if not Path(resume).exists():
-        from stuffed_mamba.training.config import ConfigError
-
         raise ConfigError(f"run.resume: checkpoint not found: {resume}")
+    try:
+        verify_checkpoint(resume)
+    except CheckpointDamaged as e:
+        raise ConfigError(f"run.resume: {e}; {_ADVICE}") from None
     return resume
+
+
+def resume_candidates(ckpt_dir: Path) -> list[Path]:
+    """Every checkpoint a resume could continue from, newest first: `latest_complete`'s order
+    (a marked `.tmp`, `last.ckpt`, `.old`), then the kept `step-*.ckpt`; ordered by the step their
+    manifests record where known (a `step-*.ckpt` copied at the same save as `last.ckpt` ranks
+    above a `.old`)."""
+    last = ckpt_dir / LAST
+    tmp, old = _tmp(last), _old(last)
+    chain = [p for p in (tmp if is_complete(tmp) else None, last, old) if p is not None and p.exists()]
+    kept = sorted((p for p in ckpt_dir.glob("step-*.ckpt") if _KEPT.fullmatch(p.name)), reverse=True)
+    steps = {p: step_of(p) for p in chain + kept}
+    return sorted(chain + kept, key=lambda p: -steps[p] if steps[p] is not None else float("-inf"))
+
+
+def step_of(p: Path) -> int | None:
+    """The step a checkpoint's manifest records, else a `step-N.ckpt` name's N."""
+    step = manifest_step(p)
+    m = _KEPT.fullmatch(p.name)
+    return step if step is not None else (int(m.group(1)) if m else None)
+
+
+def newest_intact(ckpt_dir: Path, say: Callable[[str], None] = print) -> str | None:
+    """`run.resume=auto`: the newest candidate that verifies. Falling back past a damaged one is
+    said in one line; a run whose candidates are all damaged is refused (never restarted silently)."""
+    from stuffed_mamba.training.config import ConfigError
+
+    damaged: list[tuple[Path, str]] = []
+    for p in resume_candidates(ckpt_dir):
+        try:
+            verify_checkpoint(p)
+        except CheckpointDamaged as e:
+            damaged.append((p, str(e)))
+            continue
+        if damaged:
+            say(f"run.resume=auto: {_damaged_summary(damaged)}; resuming from {p}{_lost(damaged, p)}")
+        return str(p)
+    if damaged:
+        raise ConfigError(
+            f"run.resume=auto: no intact checkpoint in {ckpt_dir}: {_damaged_summary(damaged)}; {_ADVICE}"
+        )
+    return None
+
+
+def _damaged_summary(damaged: list[tuple[Path, str]]) -> str:
+    more = f" (and {len(damaged) - 1} more damaged: {', '.join(p.name for p, _ in damaged[1:])})"
+    return damaged[0][1] + (more if len(damaged) > 1 else "")
+
+
+def _lost(damaged: list[tuple[Path, str]], chosen: Path) -> str:
+    have = step_of(chosen)
+    newest = max((s for s in (step_of(p) for p, _ in damaged) if s is not None), default=None)
+    if have is None:
+        return " (its step is not recorded: how many steps are lost is unknown)"
+    if newest is None:
+        return f" at step {have}: the steps after it are lost (the damaged one's step is unreadable)"
+    return f" at step {have}: {max(newest - have, 0)} optimiser step(s) lost"
 
 
 def latest_complete(path: Path) -> Path | None:
     """The newest complete checkpoint among `path` and the leftovers of an interrupted replacement:
-    a marked `path.tmp` folder (a marked one is always the newest: it is renamed to `path` next),
+    a marked `path.tmp` (a marked one is always the newest: it is renamed to `path` next),
     `path` (only ever made by a rename of a complete one), `path.old` (a complete `path` set aside)."""
     tmp, old = _tmp(path), _old(path)
-    for candidate in (tmp if is_complete_folder(tmp) else None, path, old):
+    for candidate in (tmp if is_complete(tmp) else None, path, old):
         if candidate is not None and candidate.exists():
             return candidate
     return None
 
 
-def is_complete_folder(p: Path) -> bool:
-    return p.is_dir() and (p / COMPLETE).is_file()
+def is_complete(p: Path) -> bool:
+    """Sealed: a folder with its manifest (or an earlier version's marker), a file with its manifest."""
+    return has_manifest(p) if p.exists() else False
 
 
 def _tmp(path: Path) -> Path:
@@ -79,15 +158,16 @@ def save_atomically(trainer: L.Trainer, path: Path) -> None:
     trainer.save_checkpoint(tmp)  # ends with a barrier: every shard is on disk
     if trainer.is_global_zero:
         if tmp.is_dir():  # a DeepSpeed checkpoint is a folder; rename cannot replace a non-empty one
-            _write_marker(tmp, trainer.global_step)
+            seal_folder(tmp, trainer.global_step)
             _promote(path)
         else:
+            seal_file(tmp, trainer.global_step)
             os.replace(tmp, path)
     trainer.strategy.barrier("stuffed_mamba.save.done")
 
 
 def _promote(path: Path) -> None:
-    """A marked `.tmp` folder replaces `path` in two renames; `latest_complete` covers a kill between."""
+    """A marked `.tmp` replaces `path` in two renames; `latest_complete` covers a kill between."""
     tmp, old = _tmp(path), _old(path)
     _remove(old)
     if path.exists():
@@ -101,19 +181,12 @@ def _settle(path: Path) -> None:
     """Finish a replacement a kill interrupted, then clear the way for a new `.tmp`: the newest
     complete checkpoint becomes `path` before anything is deleted."""
     tmp, old = _tmp(path), _old(path)
-    if is_complete_folder(tmp):
+    if is_complete(tmp):
         _promote(path)
     elif not path.exists() and old.exists():
         os.replace(old, path)
     _remove(tmp)  # an incomplete one: a kill during the write
     _remove(old)
-
-
-def _write_marker(folder: Path, step: int) -> None:
-    with open(folder / COMPLETE, "w") as f:
-        f.write(f"global_step {step}\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _test_hook(moment: str) -> None:

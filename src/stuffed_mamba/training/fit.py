@@ -161,7 +161,7 @@ def fit(
     run_dir = Path(cfg.run.dir)
     ckpt_dir = checkpoint_dir(run_dir)
     # Nothing in run.dir changes until the start has succeeded: the checks come first.
-    resume_from, point = _resume_point(cfg, run_dir, ckpt_dir)
+    resume_from, point = _resume_point(cfg, run_dir, ckpt_dir, say)
     if point is not None and point.global_step >= _max_steps(cfg):
         return _complete(point, resume_from, run_dir)
     checkpoints = EpisodeCheckpoint(ckpt_dir, cfg.run.checkpoint_every_n_steps, cfg.run.keep_every_n_steps)
@@ -225,13 +225,13 @@ def _max_steps(cfg: RecipeConfig) -> int:
     return cfg.trainer.max_steps if cfg.trainer.max_steps is not None else cfg.optim.total_steps
 
 
-def _resume_point(cfg: RecipeConfig, run_dir: Path, ckpt_dir: Path):
+def _resume_point(cfg: RecipeConfig, run_dir: Path, ckpt_dir: Path, say=print):
     """(checkpoint to resume from or None, its ResumePoint or None); an earlier run's last.ckpt is
     never overwritten unless run.overwrite says so."""
     from stuffed_mamba.training.checkpoint import LAST, latest_complete, resolve_resume
     from stuffed_mamba.training.resume import read_resume_point
 
-    resume_from = resolve_resume(cfg.run.resume, run_dir)
+    resume_from = resolve_resume(cfg.run.resume, run_dir, say)
     earlier = latest_complete(ckpt_dir / LAST)
     if resume_from is None and earlier is not None and not cfg.run.overwrite:
         raise ConfigError(
