@@ -10,6 +10,12 @@ prefill and the interventions (which the mixer applies to the op inputs Delta, x
     gated_rmsnorm(y, z, weight, *, eps, group_size) -> out
         mamba_ssm's Triton `rmsnorm_fn` with norm_before_gate=False.
 
+Kernel calls never overflow (state-spaces/mamba #1015): mamba-ssm 2.3.2.post1's Triton kernels form
+element offsets in 32-bit integers, so no call is handed a tensor (input, view, output, internal
+buffer or gradient, forward and backward) whose largest element offset reaches `MAX_KERNEL_OFFSET`.
+A call that would is split exactly into smaller ones (`ops.kernel_split`): by rows, and along the
+sequence into pieces chained through the states (SSD and conv); by rows for the gated norm.
+
 Importing this module without working kernels raises ImportError naming the install command:
 there is no silent fallback to the torch SSD. On a CPU the kernels run only under
 `TRITON_INTERPRET=1` with the test-only shims of `tests/kernels/conftest.py`.
@@ -31,6 +37,7 @@ _INSTALL = (
 try:
     from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
     from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    from mamba_ssm.utils.determinism import use_deterministic_mode
 except Exception as e:  # not installed (ImportError) or built without its CUDA extensions
     reason = " ".join(str(e).split())  # one line, whatever the import error printed
     raise ImportError(
@@ -43,12 +50,21 @@ try:
 except ImportError:  # an optional package: the conv is cheap next to the SSD, the torch one is fine
     causal_conv1d_fn = None
 
+from stuffed_mamba.ops import kernel_split
 from stuffed_mamba.ops.conv import causal_conv1d as _torch_causal_conv1d
+from stuffed_mamba.ops.kernel_offsets import INT32_MAX, ConvCall, NormCall, SSDCall
 
 log = logging.getLogger(__name__)
 _logged_conv_fallback = False
 
-__all__ = ["ssd", "causal_conv1d", "gated_rmsnorm"]
+# Read at every call (tests lower it): every kernel offset stays below it.
+MAX_KERNEL_OFFSET = INT32_MAX
+
+__all__ = ["MAX_KERNEL_OFFSET", "ssd", "causal_conv1d", "gated_rmsnorm"]
+
+
+def _pieces(call) -> list[kernel_split.Piece]:
+    return kernel_split.plan(call.largest, call.rows, call.length, bound=MAX_KERNEL_OFFSET, align=call.align)
 
 
 def ssd(
@@ -81,6 +97,24 @@ def ssd(
         is still formed from bf16 operands (`_chunk_state_fwd` rounds exp(...)*Delta*B to x's dtype
         before its fp32-accumulated dot), so h_T carries errors of bf16's order from its inputs.
     """
+    b, T, h, p = x.shape
+    g, n = B.shape[2:]
+    sm_count = torch.cuda.get_device_properties(x.device).multi_processor_count  # as mamba_ssm reads it
+    call = SSDCall(
+        *(b, T, h, p, g, n, chunk_size),
+        x_strides=x.stride(),
+        dt_strides=dt.stride(),
+        B_strides=B.stride(),
+        C_strides=C.stride(),
+        has_D=D is not None,
+        sm_count=sm_count,
+        deterministic=use_deterministic_mode(),
+    )
+    seq = dict(x=x, dt=dt, B=B, C=C)
+    return kernel_split.run_chained(_pieces(call), _ssd, seq, initial_state, A=A, D=D, chunk_size=chunk_size)
+
+
+def _ssd(x, dt, B, C, *, A, D, chunk_size, initial_state):
     y, final_state = mamba_chunk_scan_combined(
         x,
         dt,
@@ -121,7 +155,12 @@ def causal_conv1d(
             )
             _logged_conv_fallback = True
         return _torch_causal_conv1d(x, weight, bias, initial_state=initial_state)
+    b, T, c = x.shape
+    call = ConvCall(b, T, c, weight.shape[-1], x.stride())
+    return kernel_split.run_chained(_pieces(call), _conv, dict(x=x), initial_state, weight=weight, bias=bias)
 
+
+def _conv(x, *, weight, bias, initial_state):
     b, T, c = x.shape
     k = weight.shape[-1]
     if initial_state is None:
@@ -146,4 +185,12 @@ def gated_rmsnorm(
 
     y, z: [..., d_inner]; the RMS runs over each group of `group_size` channels.
     """
+    shape = y.shape
+    y2, z2 = y.reshape(-1, shape[-1]), z.reshape(-1, shape[-1])  # as rmsnorm_fn flattens them
+    call = NormCall(y2.shape[0], shape[-1], group_size, y2.stride(), z2.stride())
+    out = kernel_split.run_rows(_pieces(call), _norm, dict(y=y2, z=z2), weight=weight, eps=eps, group_size=group_size)
+    return out.reshape(shape)
+
+
+def _norm(y, z, *, weight, eps, group_size):
     return rmsnorm_fn(y, weight, None, z=z, eps=eps, group_size=group_size, norm_before_gate=False)
