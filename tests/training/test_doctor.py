@@ -157,16 +157,18 @@ def test_doctor_on_the_370m_recipe_with_cpu_overrides():
     ],
 )
 def test_the_memory_estimate_counts_the_models_parameters(kw):
+    from stuffed_mamba.analysis.memory import count_parameters
     from stuffed_mamba.model import Mamba2Config, Mamba2LM
     from stuffed_mamba.training.config import load_recipe
-    from stuffed_mamba.training.doctor import count_parameters, estimate_need_bytes
+    from stuffed_mamba.training.doctor.memory import recipe_memory
 
     config = Mamba2Config(**kw)
     n = Mamba2LM(config).num_parameters()
     assert count_parameters(config) == n
     cfg = load_recipe("recipes/tiny_cpu.yaml", ["data.batch_size=1", "data.train_length=1"])
-    need, _ = estimate_need_bytes(cfg, config)
-    assert need >= 16 * n  # DDP: weights, gradients and AdamW's moments, 16 bytes per parameter
+    estimate = recipe_memory(cfg, config)
+    assert estimate.parameters == n
+    assert estimate.total >= 16 * n  # DDP: weights, gradients and AdamW's moments, 16 bytes per parameter
 
 
 def test_importable_kernels_on_a_cpu_are_a_failing_line(monkeypatch):

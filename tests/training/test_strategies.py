@@ -84,7 +84,7 @@ def test_under_slurm_lightnings_auto_requeue_is_off(tmp_path, monkeypatch):
     """Lightning's own requeue saves mid-episode from the signal handler; ours runs instead."""
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-    from stuffed_mamba.training.fit import build_trainer
+    from stuffed_mamba.training.trainer import build_trainer
 
     for k, v in dict(
         SLURM_NTASKS="1",

@@ -57,6 +57,12 @@ class ModelState:
     def map(self, fn) -> ModelState:
         return ModelState([layer.map(fn) for layer in self.layers])
 
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor of the state in a fixed order: conv, ssm[, window x, dt, B] per layer."""
+        out: list[torch.Tensor] = []
+        self.map(lambda t: out.append(t) or t)
+        return out
+
     def detach(self) -> ModelState:
         """Cut the graph (truncated BPTT): the values carry on, the gradient stops here."""
         return self.map(torch.Tensor.detach)

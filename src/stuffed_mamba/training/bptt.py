@@ -141,7 +141,7 @@ def _full(model, inputs, labels, backward: Backward, all_finite: AllFinite, scal
                 return losses, None
         tensors, grads = [out.loss * scale], [None]
         if g is not None:
-            tensors += _leaves(out.state)
+            tensors += out.state.tensors()
             grads += g
         if h is not None:
             # Zero in value; its gradient is the factor c by which `backward` scales what it
@@ -153,16 +153,9 @@ def _full(model, inputs, labels, backward: Backward, all_finite: AllFinite, scal
         del out, tensors  # free this segment's graph before the next recomputation
         if h is not None:
             c = probe.grad
-            g = [(t.grad if t.grad is not None else torch.zeros_like(t)) / c.to(t.dtype) for t in _leaves(h)]
+            g = [(t.grad if t.grad is not None else torch.zeros_like(t)) / c.to(t.dtype) for t in h.tensors()]
     return losses, final_state
 
 
 def _poisoned(loss: torch.Tensor, finite: bool) -> torch.Tensor:
     return loss if finite else loss * float("nan")
-
-
-def _leaves(state: ModelState) -> list[torch.Tensor]:
-    """The tensors of a state in a fixed order (conv, ssm[, window] per layer)."""
-    out: list[torch.Tensor] = []
-    state.map(lambda t: out.append(t) or t)
-    return out

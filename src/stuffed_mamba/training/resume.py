@@ -11,7 +11,6 @@ recipe that wrote it (`checkpoint["recipe"]`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +121,11 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def hyperparameters(recipe: dict) -> dict:
+    """The recipe as TensorBoard's hyper-parameters: flat keys, values a scalar or their text."""
+    return {k: v if isinstance(v, (int, float, str, bool)) or v is None else str(v) for k, v in _flat(recipe).items()}
+
+
 class RecordRun(L.Callback):
     """Writes what a successful start leaves in run.dir, once the checkpoint has been restored."""
 
@@ -132,13 +136,11 @@ class RecordRun(L.Callback):
         recipe: dict,
         *,
         resumed_step: int | None,
-        hyperparameters: Callable[[], dict],
     ):
         self.run_dir = Path(run_dir)
         self.recipe_yaml = recipe_yaml
         self.recipe = recipe
         self.resumed_step = resumed_step
-        self.hyperparameters = hyperparameters
 
     def on_train_start(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
@@ -147,7 +149,7 @@ class RecordRun(L.Callback):
             if self.resumed_step is not None:
                 cut_events(self.run_dir / "tensorboard", self.resumed_step)
         if trainer.logger is not None and self.resumed_step is None:
-            trainer.logger.log_hyperparams(self.hyperparameters())
+            trainer.logger.log_hyperparams(hyperparameters(self.recipe))
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint["recipe"] = self.recipe
