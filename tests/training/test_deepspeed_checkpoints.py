@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from stuffed_mamba.cli import main
-from stuffed_mamba.probes.checkpoint import load_checkpoint
-from stuffed_mamba.probes.deepspeed_checkpoint import read_deepspeed_checkpoint
+from stuffed_mamba.model.deepspeed_checkpoint import read_deepspeed_checkpoint
+from stuffed_mamba.model.io import load_checkpoint
 
 pytestmark = pytest.mark.slow  # each fixture launches 2 DeepSpeed ranks (30-180 s on the shared CPU)
 
@@ -191,7 +191,7 @@ def _broken(engine_folders, tmp_path, how: str) -> Path:
         ("no latest", "neither config.json nor a DeepSpeed 'latest' file"),
         ("latest names nothing", "incomplete DeepSpeed checkpoint"),
         ("missing shard", "cannot read the DeepSpeed checkpoint"),
-        ("truncated shard", "cannot read the DeepSpeed checkpoint"),
+        ("truncated shard", "damaged checkpoint"),  # verified before it is read: the shard is named
         ("no model states", "incomplete DeepSpeed checkpoint"),
         ("foreign object", "refused to unpickle a non-tensor object"),
     ],

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from stuffed_mamba.model import Mamba2LM
-from stuffed_mamba.training.export import load_trained_model
+from stuffed_mamba.model.io import load_checkpoint
 from stuffed_mamba.training.fit import fit
 from tests.helpers import rel_err
 from tests.training.common import tiny_recipe
@@ -27,7 +27,7 @@ def trained(tmp_path_factory):
         loader_factory=lambda r, w: FakeEpisodeLoader(batch_size=2, segments=3, train_length=16, rank=r, world_size=w),
     )
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    return ckpt, load_trained_model(ckpt).eval()
+    return ckpt, load_checkpoint(ckpt).model
 
 
 def export_cli(ckpt, out, fmt):

@@ -15,36 +15,16 @@ YAML whose `model:` section holds the fields.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stuffed_mamba.model.config import Mamba2Config
+from stuffed_mamba.model.config import OFFICIAL_SIZES, Mamba2Config
 
 # The shape fields N_S depends on, with Mamba2Config's defaults (= mamba_ssm's Mamba2 defaults).
 SHAPE_DEFAULTS: dict[str, int] = {
     k: getattr(Mamba2Config, k) for k in ("d_state", "d_conv", "expand", "headdim", "ngroups")
-}
-
-# state-spaces/mamba2-{130m,370m,780m}: every other field is the default above.
-OFFICIAL_SIZES: dict[str, dict[str, int]] = {
-    "130m": {"d_model": 768, "n_layer": 24, "vocab_size": 50277},
-    "370m": {"d_model": 1024, "n_layer": 48, "vocab_size": 50277},
-    "780m": {"d_model": 1536, "n_layer": 48, "vocab_size": 50277},
-}
-
-# transformers' Mamba2Config field names -> ours
-_HF_FIELDS = {
-    "hidden_size": "d_model",
-    "num_hidden_layers": "n_layer",
-    "state_size": "d_state",
-    "conv_kernel": "d_conv",
-    "expand": "expand",
-    "head_dim": "headdim",
-    "n_groups": "ngroups",
-    "vocab_size": "vocab_size",
 }
 
 
@@ -123,21 +103,6 @@ def from_fields(fields: Mapping[str, Any], name: str = "") -> StateSize:
     return size
 
 
-def fields_from_json(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Mamba2Config fields from an official mamba_ssm config.json or a transformers Mamba2 one."""
-    if "d_model" in cfg:  # mamba_ssm: the Mamba2 shape lives in ssm_cfg
-        ssm_cfg = cfg.get("ssm_cfg") or {}
-        layer = ssm_cfg.get("layer", "Mamba2")
-        if layer != "Mamba2":
-            raise ValueError(f"config describes a {layer} model, not Mamba-2 (ssm_cfg.layer)")
-        out = {"d_model": cfg["d_model"], "n_layer": cfg["n_layer"], "vocab_size": cfg.get("vocab_size")}
-        out.update({k: ssm_cfg[k] for k in SHAPE_DEFAULTS if k in ssm_cfg})
-        return out
-    if "hidden_size" in cfg:  # transformers Mamba2Config
-        return {ours: cfg[theirs] for theirs, ours in _HF_FIELDS.items() if theirs in cfg}
-    raise ValueError("config.json has neither d_model (mamba_ssm) nor hidden_size (transformers)")
-
-
 def resolve(spec: Any, *, base_dir: Path | None = None) -> StateSize:
     """A StateSize from a size name, a mapping, a Mamba2Config-like object, or a file path."""
     if isinstance(spec, StateSize):
@@ -162,16 +127,15 @@ def resolve(spec: Any, *, base_dir: Path | None = None) -> StateSize:
         if official in OFFICIAL_SIZES:
             return from_fields(OFFICIAL_SIZES[official], name=f"mamba2-{official}")
         raise ValueError(f"{spec}: not a size name ({', '.join(OFFICIAL_SIZES)}) nor an existing file")
-    if path.suffix == ".json":
-        try:
-            cfg = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
-        return from_fields(fields_from_json(cfg), name=str(spec))
-    if path.suffix in (".yaml", ".yml"):
-        from omegaconf import OmegaConf
+    if path.suffix == ".json":  # an official or transformers config.json, through the one parser
+        from stuffed_mamba.model.io import read_config
 
-        recipe = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        cfg = read_config(path)
+        return from_fields({k: getattr(cfg, k) for k in ("d_model", "n_layer", *SHAPE_DEFAULTS)}, name=str(spec))
+    if path.suffix in (".yaml", ".yml"):
+        from stuffed_mamba.recipe_file import read_recipe
+
+        recipe = read_recipe(path)  # with its `base:` chain
         if not isinstance(recipe, Mapping) or not isinstance(recipe.get("model"), Mapping):
             raise ValueError(f"{path}: a recipe needs a `model:` section")
         return _from_model_section(recipe["model"], name=str(spec), base_dir=path.parent)

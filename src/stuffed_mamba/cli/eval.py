@@ -111,7 +111,7 @@ class _Ctx:
         import torch
 
         from stuffed_mamba.model import Intervention
-        from stuffed_mamba.probes.checkpoint import load_checkpoint
+        from stuffed_mamba.model.io import load_checkpoint
 
         self.interventions = args.intervention or ["none"]
         try:

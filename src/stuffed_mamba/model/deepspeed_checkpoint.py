@@ -1,4 +1,4 @@
-"""A DeepSpeed checkpoint folder read as a Lightning checkpoint (for `eval`, `export`, the sweeps).
+"""A DeepSpeed checkpoint folder read as a Lightning checkpoint (the reader `model.io` uses for folders).
 
 Under `trainer.strategy: deepspeed`, `fit` writes `last.ckpt` and `step-*.ckpt` as folders:
 
@@ -10,7 +10,8 @@ Under `trainer.strategy: deepspeed`, `fit` writes `last.ckpt` and `step-*.ckpt` 
                                                         weights (and the AdamW moments)
 
 `read_deepspeed_checkpoint` returns what a Lightning `.ckpt` file holds: `state_dict` (keys
-`model.*`) plus the client state (`mamba2_config`, `global_step`, ...). The weights are the fp32
+`model.*`) plus the client state (`mamba2_config`, `global_step`, ...); `read_client_state` the
+client state alone, its tensors memory-mapped (what a resume needs to know). The weights are the fp32
 master weights, reassembled from every rank's partition by DeepSpeed's own `zero_to_fp32` (any
 stage); a ZeRO-1/2 folder whose optimizer shards were deleted falls back to the module's weights.
 
@@ -65,31 +66,20 @@ def is_deepspeed_folder(path: str | Path) -> bool:
     return Path(path).is_dir() and (Path(path) / "latest").is_file()
 
 
+def read_client_state(path: str | Path) -> dict:
+    """Lightning's checkpoint dict without `state_dict` (rank 0's model-states file, memory-mapped).
+
+    Raises ValueError (one line) for a folder that is incomplete, corrupt, or not DeepSpeed's."""
+    return {k: v for k, v in _model_states(Path(path))[2].items() if k not in _DEEPSPEED_KEYS}
+
+
 def read_deepspeed_checkpoint(path: str | Path) -> dict:
     """Lightning's checkpoint dict with fp32 weights from a DeepSpeed checkpoint folder.
 
     Raises ValueError (one line) for a folder that is incomplete, corrupt, or not DeepSpeed's.
     """
     path = Path(path)
-    if not is_deepspeed_folder(path):
-        raise ValueError(f"{path} is a folder with neither config.json nor a DeepSpeed 'latest' file: not a checkpoint")
-    tag = (path / "latest").read_text().strip()
-    tag_dir = path / tag
-    if not tag or not tag_dir.is_dir():
-        raise ValueError(
-            f"{path}: incomplete DeepSpeed checkpoint ('latest' names {tag!r}, which is not a folder in it)"
-        )
-    model_files = sorted(tag_dir.glob("*model_states.pt"))
-    if not model_files:
-        raise ValueError(f"{path}: incomplete DeepSpeed checkpoint (no *model_states.pt in {tag_dir.name}/)")
-    # ZeRO 1/2 write one model-states file (mp_rank_00_...); ZeRO-3 one per rank (zero_pp_rank_R_...).
-    main = tag_dir / "mp_rank_00_model_states.pt"
-    if not main.is_file():
-        main = tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt"
-    client = _load(main, path)
-    if not isinstance(client, dict) or "module" not in client:
-        raise ValueError(f"{path}: {main.name} is not a DeepSpeed model-states file")
-
+    tag, tag_dir, client = _model_states(path)
     if any(tag_dir.glob("*optim_states.pt")):
         state_dict = _fp32_master_weights(path, tag)
     elif client["module"]:  # ZeRO 1/2 without optimizer shards: the module's weights as trained
@@ -104,6 +94,28 @@ def read_deepspeed_checkpoint(path: str | Path) -> dict:
     ckpt = {k: v for k, v in client.items() if k not in _DEEPSPEED_KEYS}
     ckpt["state_dict"] = state_dict
     return ckpt
+
+
+def _model_states(path: Path) -> tuple[str, Path, dict]:
+    """(tag, its folder, rank 0's model-states dict)."""
+    if not is_deepspeed_folder(path):
+        raise ValueError(f"{path} is a folder with neither config.json nor a DeepSpeed 'latest' file: not a checkpoint")
+    tag = (path / "latest").read_text().strip()
+    tag_dir = path / tag
+    if not tag or not tag_dir.is_dir():
+        raise ValueError(
+            f"{path}: incomplete DeepSpeed checkpoint ('latest' names {tag!r}, which is not a folder in it)"
+        )
+    if not any(tag_dir.glob("*model_states.pt")):
+        raise ValueError(f"{path}: incomplete DeepSpeed checkpoint (no *model_states.pt in {tag_dir.name}/)")
+    # ZeRO 1/2 write one model-states file (mp_rank_00_...); ZeRO-3 one per rank (zero_pp_rank_R_...).
+    main = tag_dir / "mp_rank_00_model_states.pt"
+    if not main.is_file():
+        main = tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt"
+    client = _load(main, path)
+    if not isinstance(client, dict) or "module" not in client:
+        raise ValueError(f"{path}: {main.name} is not a DeepSpeed model-states file")
+    return tag, tag_dir, client
 
 
 def _fp32_master_weights(path: Path, tag: str) -> dict:
@@ -121,7 +133,8 @@ def _load(file: Path, folder: Path):
 
     with _weights_only():
         try:
-            return torch.load(file, map_location="cpu", weights_only=True)
+            # mmap: the bf16 module weights of ZeRO 1/2 stay on disk unless they are used
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # noqa: BLE001
             raise ValueError(f"{folder}: cannot read {file.name}: {_first_line(e)}") from None
 

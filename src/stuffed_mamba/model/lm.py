@@ -162,10 +162,10 @@ class Mamba2LM(nn.Module):
     # ------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path, backend: str = "torch", *, map_location="cpu") -> Mamba2LM:
-        """A local folder holding an official mamba_ssm checkpoint or a transformers Mamba2 checkpoint."""
-        from stuffed_mamba.model.pretrained import load_pretrained
+        """A local folder (or hub name) holding an official mamba_ssm checkpoint or a transformers Mamba2 one."""
+        from stuffed_mamba.model.io import load_folder
 
-        return load_pretrained(cls, path, backend=backend, map_location=map_location)
+        return load_folder(path, backend=backend, map_location=map_location)
 
     def save_pretrained(self, path, *, format: str = "mamba_ssm") -> None:
         """Write a folder others load without us: "mamba_ssm" (config.json + model.safetensors) or "hf"."""

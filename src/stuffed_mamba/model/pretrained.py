@@ -1,4 +1,5 @@
-"""Loading and saving checkpoint folders: mamba_ssm's layout and HuggingFace transformers' Mamba2 layout.
+"""Checkpoint folders: mamba_ssm's layout and HuggingFace transformers' Mamba2 layout, saved here and
+read by `stuffed_mamba.model.io` (the one reader); hub names resolved to such folders.
 
 mamba_ssm:    config.json {d_model, n_layer, vocab_size, ssm_cfg, ...} + pytorch_model.bin | model.safetensors,
               keys backbone.embedding.weight, backbone.layers.{i}.(norm|mixer.*), backbone.norm_f.weight, lm_head.weight
@@ -17,11 +18,6 @@ import os
 import re
 from pathlib import Path
 
-import torch
-
-from stuffed_mamba.model.config import Mamba2Config
-
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # what a hub snapshot needs to be loaded here and probed: config, weights (one file or shards), tokenizer
 HUB_FILES = [
     "config.json",
@@ -65,64 +61,6 @@ def resolve_folder(spec) -> Path:
         raise FileNotFoundError(
             f"{spec}: no such local folder, and not loadable from the HuggingFace hub: {first}"
         ) from None
-
-
-def _read_weights(folder: Path, map_location) -> dict[str, torch.Tensor]:
-    for name in _WEIGHT_FILES:
-        f = folder / name
-        if f.exists():
-            if name.endswith(".safetensors"):
-                from safetensors.torch import load_file
-
-                return load_file(str(f), device=str(map_location))
-            return torch.load(f, map_location=map_location, weights_only=True)
-    shards = sorted(folder.glob("model-*.safetensors"))
-    if shards:
-        from safetensors.torch import load_file
-
-        out = {}
-        for f in shards:
-            out.update(load_file(str(f), device=str(map_location)))
-        return out
-    raise FileNotFoundError(f"{folder}: no weights ({' or '.join(_WEIGHT_FILES)})")
-
-
-def load_pretrained(cls, path, *, backend: str = "torch", map_location="cpu"):
-    folder = resolve_folder(path)
-    cfg_file = folder / "config.json"
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{folder}: not a checkpoint folder (no config.json)")
-    raw = json.loads(cfg_file.read_text())
-    sd = _read_weights(folder, map_location)
-    if "hidden_size" in raw:  # transformers
-        config = Mamba2Config.from_hf(raw)
-        sd = {_hf_key(k): v for k, v in sd.items()}
-    elif "d_model" in raw:
-        config = Mamba2Config.from_mamba_ssm(raw)
-    else:
-        raise ValueError(f"{cfg_file}: neither a mamba_ssm config (d_model) nor a transformers one (hidden_size)")
-    model = cls(config, backend=backend)
-    if config.tie_embeddings:
-        # tied: one tensor under both names; some savers omit lm_head.weight, some keep it
-        emb = sd.get("backbone.embedding.weight")
-        head = sd.pop("lm_head.weight", None)
-        if emb is not None and head is not None and not torch.equal(emb, head):
-            raise ValueError(f"{folder}: tie_embeddings is set but lm_head.weight differs from the embedding")
-        sd["lm_head.weight"] = emb if emb is not None else head
-    expected = set(model.state_dict())
-    missing = sorted(expected - set(sd))
-    unexpected = sorted(set(sd) - expected)
-    if missing or unexpected:
-        raise ValueError(
-            f"{folder}: checkpoint does not match the config: missing keys {missing[:8]}"
-            f"{'...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}"
-        )
-    model.load_state_dict(sd, strict=True)
-    return model
-
-
-def _hf_key(k: str) -> str:
-    return "backbone.embedding." + k[len("backbone.embeddings.") :] if k.startswith("backbone.embeddings.") else k
 
 
 def save_pretrained(model, path, *, format: str = "mamba_ssm") -> None:

@@ -19,12 +19,12 @@ def evaluate_checkpoint(ckpt: Path, base: Path, cell: Cell, cfg) -> tuple[dict[s
     import torch
 
     from stuffed_mamba.data import load_eval_sequences, load_tokenizer
-    from stuffed_mamba.probes.checkpoint import load_model
+    from stuffed_mamba.model.io import load_checkpoint
     from stuffed_mamba.probes.registry import Context, all_probes
     from stuffed_mamba.sweep.recipe import resolved_config
 
     recipe = resolved_config(base, cell.overrides)
-    model = load_model(ckpt).eval()
+    model = load_checkpoint(ckpt).model
     tokenizer = load_tokenizer(recipe.data.tokenizer)
     source = cfg.source or recipe.data  # the whole data section: an hf:// source needs its hf_* keys
 

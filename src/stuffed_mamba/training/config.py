@@ -259,37 +259,18 @@ def resolved(cfg: RecipeConfig, tokenizer_vocab: int | None = None) -> RecipeCon
     `init_from`'s config.json (when it is on disk or in the HuggingFace cache) or
     Mamba2Config's defaults, and `vocab_size` the tokenizer's."""
     import copy
-    import json
 
     out = copy.deepcopy(cfg)
     m = out.model
     base: Mamba2Config | None = None
-    if m.init_from:
-        from stuffed_mamba.model.pretrained import is_hub_name
+    if m.init_from:  # its config.json on disk or in the HF cache, or an official size known by its name
+        from stuffed_mamba.model.io import config_of
 
-        raw = None
-        local = Path(m.init_from) / "config.json"
-        if local.is_file():
-            raw = json.loads(local.read_text())
-        elif is_hub_name(m.init_from):
-            import huggingface_hub as hub
-
-            cached = hub.try_to_load_from_cache(m.init_from, "config.json")
-            raw = json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
-        if raw is not None:
-            base = Mamba2Config.from_hf(raw) if "hidden_size" in raw else Mamba2Config.from_mamba_ssm(raw)
-        else:  # not downloaded: an official checkpoint is known by its name (Mamba2Config's defaults are its)
-            from stuffed_mamba.analysis.state_size import OFFICIAL_SIZES
-
-            official = Path(str(m.init_from).rstrip("/")).name.lower().removeprefix("mamba2-")
-            if official in OFFICIAL_SIZES:
-                base = Mamba2Config(**OFFICIAL_SIZES[official])
+        base = config_of(m.init_from)
     else:
         fields = mamba2_overrides(m)
         if tokenizer_vocab is not None:
             fields.setdefault("vocab_size", tokenizer_vocab)
-        if "A_init_range" in fields:
-            fields["A_init_range"] = tuple(fields["A_init_range"])
         try:
             base = Mamba2Config(**fields)
         except (TypeError, ValueError):
@@ -425,9 +406,9 @@ def validate(cfg: RecipeConfig) -> None:
 
 
 def mamba2_overrides(model: Any) -> dict:
-    """The Mamba2Config fields the recipe sets (None means: not set)."""
+    """The Mamba2Config fields the recipe sets (None means: not set); lists as the tuples Mamba2Config holds."""
     return {
-        f.name: getattr(model, f.name)
+        f.name: tuple(v) if isinstance(v := getattr(model, f.name), list) else v
         for f in dataclasses.fields(model)
         if f.name not in MODEL_BUILD_KEYS and getattr(model, f.name) is not None
     }

@@ -35,9 +35,11 @@ class ResumePoint:
 
 def read_resume_point(path: str) -> ResumePoint:
     """The step, architecture and recipe of a checkpoint, read without its tensors (memory-mapped)."""
+    from stuffed_mamba.model.io import read_checkpoint_dict
+
     p = Path(path)
     try:
-        ckpt = _load_client_state(p)
+        ckpt = read_checkpoint_dict(p)  # verified; tensors memory-mapped (a folder: DeepSpeed's client state)
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file raises many kinds
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ConfigError(
@@ -60,19 +62,6 @@ def read_resume_point(path: str) -> ResumePoint:
     return ResumePoint(
         str(path), int(ckpt["global_step"]), ckpt.get("mamba2_config"), recipe, dict(ckpt.get("tbptt") or {})
     )
-
-
-def _load_client_state(p: Path) -> dict:
-    import torch
-
-    if p.is_dir():  # DeepSpeed: Lightning's client state sits beside the module in *model_states.pt
-        tag = (p / "latest").read_text().strip() if (p / "latest").is_file() else "checkpoint"
-        files = sorted((p / tag).glob("*model_states.pt"))
-        if not files:
-            raise FileNotFoundError(f"no {tag}/*model_states.pt in the folder")
-        p = files[0]
-    # mmap: only the pickled objects are read now, the tensors stay on disk
-    return torch.load(p, map_location="cpu", weights_only=False, mmap=True)
 
 
 def check_architecture(point: ResumePoint, config) -> None:

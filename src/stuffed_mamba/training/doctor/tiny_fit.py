@@ -124,7 +124,7 @@ def _eval_read(last: Path) -> tuple[int | None, str]:
     logits must be finite."""
     import torch
 
-    from stuffed_mamba.probes.checkpoint import load_checkpoint
+    from stuffed_mamba.model.io import load_checkpoint
 
     try:
         loaded = load_checkpoint(last, backend="torch")
