@@ -24,6 +24,9 @@ class DataConfig:
     hf_config: str | None = None  # the dataset's configuration (load_dataset's `name`)
     hf_split: str = "train"
     hf_reshard: bool = False  # parquet: one shard per row group instead of per file (more row streams)
+    # parquet: split every shard (file, or row group with hf_reshard) into shards of this many
+    # consecutive rows, so that one file can feed many row streams; None = no split
+    hf_rows_per_shard: int | None = None
     text_field: str = "text"  # the column holding the document (hf:// only; RedPajama-V2 reads raw_content)
     tokenizer: str = "data/sample/tokenizer.json"  # "bytes" | tokenizer.json path | hub name
     min_doc_tokens: int = 4096  # appendix F: shorter documents are dropped
@@ -41,6 +44,9 @@ class DataConfig:
     timeout_s: float = 60.0  # per network operation
     retries: int = 5  # attempts after the first, with back-off, before a shard is skipped
     retry_backoff_s: float = 1.0  # first back-off; doubles on every retry
+    # fit's start-up check reads every row stream up to its first kept document (check.py), for at
+    # most this long (a remote source may take longer: what is unread then is not checked); 0 = off
+    check_time_s: float = 20.0
     # SYNTHETIC training data (data/synthetic.py, docs/data.md): appendix-B.1 passkey documents, each
     # followed by its answer, mixed into every row stream as this fraction of the training tokens
     synthetic_passkey_fraction: float = 0.0  # 0 = off; in [0, 1)
@@ -61,6 +67,8 @@ class DataConfig:
             ("timeout_s", self.timeout_s > 0, "> 0"),
             ("retries", self.retries >= 0, ">= 0"),
             ("retry_backoff_s", self.retry_backoff_s >= 0, ">= 0"),
+            ("check_time_s", self.check_time_s >= 0, ">= 0"),
+            ("hf_rows_per_shard", self.hf_rows_per_shard is None or self.hf_rows_per_shard >= 1, ">= 1 or null"),
         ]
         for name, ok, rule in checks:
             if not ok:
@@ -91,6 +99,7 @@ class DataConfig:
                 "hf_config": None,
                 "hf_split": "train",
                 "hf_reshard": False,
+                "hf_rows_per_shard": None,
                 "text_field": "text",
             }
             for k, default in hf.items():

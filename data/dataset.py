@@ -60,11 +60,10 @@ class EpisodeDataset(IterableDataset):
         # list the shards here, in the launching process: a wrong source fails at once, in one line
         self.reader, self.tags = open_documents(cfg)
         if len(self.tags) < self.n_lanes:
-            hint = " (data.hf_reshard=true makes a shard of every parquet row group)" if cfg.is_hf else ""
+            from .check import too_few_shards
+
             raise ValueError(
-                f"data: {len(self.tags)} shard(s) cannot feed {self.n_lanes} row streams "
-                f"(world_size {world_size} x workers {self.workers} x batch_size {cfg.batch_size}); "
-                f"every row stream needs its own shards{hint}"
+                too_few_shards(cfg, self.reader, len(self.tags), world_size=world_size, workers=self.workers)
             )
         self.lanes = lane_shards(self.tags, self.n_lanes, cfg.seed, cfg.shuffle_shards)
         if cfg.synthetic_passkey_fraction > 0:  # a length too short for the prompt fails here, in one line

@@ -19,12 +19,22 @@ import os
 import time
 
 from .config import HF_PREFIX
+from .hf_rows import RowRange, shard_rows, shard_sources, split_rows
 from .reader import check_text
 
 # datasets' packaged builders for files whose rows can carry text
 BUILDERS = ("parquet", "json", "text", "csv", "arrow")
 _ROWS = 16  # rows per datasets batch: small, so that a damaged file loses few rows before the damage
 log = logging.getLogger(__name__)
+# what pyarrow says when `datasets` reads a parquet file of no rows (a batch size of its 0 rows)
+_NO_ROWS = "BatchSize must be greater than 0"
+
+
+class _QuietEmptyFiles(logging.Filter):
+    """datasets logs an error for a parquet file of no rows; here it is a shard of no rows."""
+
+    def filter(self, record):
+        return _NO_ROWS not in record.getMessage()
 
 
 def _first_line(e: BaseException) -> str:
@@ -73,6 +83,9 @@ def load_streaming(cfg):
     import datasets
 
     datasets.disable_progress_bars()  # "Resolving data files" bars on every rank and worker
+    parquet_log = logging.getLogger("datasets.packaged_modules.parquet.parquet")
+    if not any(isinstance(f, _QuietEmptyFiles) for f in parquet_log.filters):
+        parquet_log.addFilter(_QuietEmptyFiles())
     try:
         ds = datasets.load_dataset(name, cfg.hf_config, data_files=files, split=cfg.hf_split, streaming=True, **kwargs)
         if cfg.hf_reshard:
@@ -86,20 +99,11 @@ def load_streaming(cfg):
 
 
 def _shard_labels(ds) -> list[str] | None:
-    """The file (and row group) behind every shard, from the generator arguments that
-    `datasets` splits into shards (one list entry per shard); None when they do not say."""
-    it = ds._ex_iterable
-    while it is not None and not hasattr(it, "kwargs"):
-        it = getattr(it, "ex_iterable", None)
-    kwargs = getattr(it, "kwargs", None) or {}
-    files = kwargs.get("base_files", kwargs.get("files"))
-    n = ds.num_shards
-    if not (isinstance(files, list) and len(files) == n and all(isinstance(f, str) for f in files)):
+    """The file (and row group) behind every shard; None when `datasets` does not say."""
+    sources = shard_sources(ds)
+    if sources is None:
         return None
-    groups = kwargs.get("row_groups_list")
-    if not (isinstance(groups, list) and len(groups) == n):
-        return list(files)
-    return [f if g is None else f"{f}:rg{'+'.join(map(str, g))}" for f, g in zip(files, groups, strict=True)]
+    return [f if g is None else f"{f}:rg{'+'.join(map(str, g))}" for f, g in sources]
 
 
 def _strip_common_dir(names: list[str]) -> list[str]:
@@ -145,8 +149,19 @@ class HFReader:
             raise ValueError(
                 f"data.text_field {self.field!r} is not a column of {self.source} (columns: {', '.join(self.columns)})"
             )
-        self.names = shard_names(self.ds)
-        self.index = {name: i for i, name in enumerate(self.names)}
+        self.base_names = shard_names(self.ds)
+        self.rows_per_shard = cfg.hf_rows_per_shard
+        if self.rows_per_shard is None:
+            self.ranges = {name: RowRange(i, 0, None) for i, name in enumerate(self.base_names)}
+        else:
+            try:
+                rows = [n for n, _ in shard_rows(self.ds)]
+            except ValueError as e:
+                raise ValueError(
+                    f"data.hf_rows_per_shard needs parquet files (their footers count the rows): {e}"
+                ) from None
+            self.ranges = split_rows(self.base_names, rows, self.rows_per_shard)
+        self.names = list(self.ranges)
         self.last_error = None
         files = cfg.hf_data_files
         files = [files] if isinstance(files, str) else list(files or [])
@@ -168,9 +183,13 @@ class HFReader:
         return self._rows(name, start, counters)
 
     def _rows(self, name: str, start: int, counters: dict):
+        """Rows of shard `name` from its row `start` on: rows are numbered from the start of the
+        range (positions), ids count from the start of the `datasets` shard."""
+        r = self.ranges[name]
+        base, hi = self.base_names[r.base], r.hi
         delivered, attempt = False, 0
         while True:
-            sub = self.ds.shard(num_shards=len(self.names), index=self.index[name])
+            sub = self.ds.shard(num_shards=len(self.base_names), index=r.base)
             row = 0
             try:
                 # .iter, not iter(sub): in a DataLoader worker the latter would split the shard
@@ -179,15 +198,20 @@ class HFReader:
                     col = batch.get(self.field)
                     n = len(col) if col is not None else len(next(iter(batch.values()), ()))
                     delivered = True
-                    for j in range(max(0, start - row), n):
-                        start = row + j + 1
+                    for j in range(max(0, r.lo + start - row), n if hi is None else min(n, hi - row)):
+                        start = row + j - r.lo + 1
                         yield (
-                            row + j,
-                            f"{name}/{row + j}",
+                            row + j - r.lo,
+                            f"{base}/{row + j}",
                             *check_text(col[j] if col is not None else None, self.max_doc_bytes),
                         )
                     row += n
+                    if hi is not None and row >= hi:
+                        break
             except Exception as e:  # whatever datasets raised while reading this shard's files
+                if _NO_ROWS in str(e) and not delivered:  # a parquet file of no rows: read, empty
+                    counters["shards_read"] += 1
+                    return
                 # a broken connection: re-open and skip what was delivered (data errors are final)
                 if self.remote and not isinstance(e, ValueError) and attempt < self.retries:
                     counters["retries"] += 1

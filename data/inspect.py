@@ -23,11 +23,13 @@ def inspect_source(
     retries: int = 5,
     on_kept=None,
     progress: Progress | None = None,
+    on_empty=None,
     **hf,
 ) -> dict[str, int]:
     """One pass over the shards in listing order (a single stream: dedup spans all shards);
-    calls on_kept(doc_id) for every kept document in stream order; returns the counters.
-    `hf`: hf_data_files, hf_config, hf_split, hf_reshard, text_field for an hf:// source."""
+    calls on_kept(doc_id) for every kept document in stream order, and on_empty(line) with a
+    one-line verdict (what was found, what to do) when none was kept; returns the counters.
+    `hf`: hf_data_files, hf_config, hf_split, hf_reshard, hf_rows_per_shard, text_field."""
     cfg = DataConfig(source=source, listing=listing, tokenizer=tokenizer, min_doc_tokens=min_doc_tokens,
                      max_doc_bytes=max_doc_bytes, dedup=dedup, timeout_s=timeout_s, retries=retries, **hf)  # fmt: skip
     reader, shards = open_documents(cfg)
@@ -54,4 +56,8 @@ def inspect_source(
         if no_text_field(stream.counters):
             raise ValueError(f"{source}: none of the {stream.counters['read']} rows has text in a field "
                              f"{cfg.text_field!r} (set the text field)")  # fmt: skip
+    if on_empty is not None and stream.counters["kept"] == 0:
+        from .check import nothing_kept
+
+        on_empty(nothing_kept(cfg, reader, stream.counters, len(shards)))
     return ctr.summary(stream.counters)

@@ -141,7 +141,7 @@ def read_shard_tags(source, listing: str | None) -> list[str]:
     if listing is None:
         names = source.listing_names()
         if not names:
-            raise FileNotFoundError(f"no listings/*.txt under {source}")
+            raise FileNotFoundError(f"no listings/*.txt under {source}{_files_hint(source)}")
         tags, seen = [], set()
         for name in names:
             for t in read_shard_tags(source, name):
@@ -158,6 +158,24 @@ def read_shard_tags(source, listing: str | None) -> list[str]:
     except Unavailable as e:
         raise FileNotFoundError(f"listing {listing!r} not found: {e}") from None
     return parse_listing(raw.decode("utf-8"), name)
+
+
+# file endings `datasets`' builders read (data.source=hf://BUILDER), most specific first
+_BUILDER_FILES = (("parquet", ".parquet"), ("json", ".jsonl"), ("json", ".json"), ("text", ".txt"), ("csv", ".csv"))
+
+
+def _files_hint(source) -> str:
+    """For a local folder of data files without the RedPajama-V2 layout: how hf:// reads them."""
+    if not isinstance(source, LocalSource):
+        return ""
+    for builder, ending in _BUILDER_FILES:
+        top = next(source.root.glob(f"*{ending}"), None)
+        if top is not None or next(source.root.rglob(f"*{ending}"), None) is not None:
+            glob = source.root / ("" if top is not None else "**") / f"*{ending}"
+            return (
+                f"; it holds {ending} files, which hf:// reads: data.source=hf://{builder} data.hf_data_files='{glob}'"
+            )
+    return ""
 
 
 def read_duplicate_ids(source, tag: str, counters=None) -> set[str] | None:

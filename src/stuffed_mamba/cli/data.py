@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 
@@ -19,7 +20,7 @@ def add_parser(subparsers) -> None:
     )
     q.add_argument("source", metavar="SOURCE", help="RedPajama-V2 mirror folder or base URL, or hf://NAME")
     q.add_argument("--listing", metavar="FILE", help="a listings/*.txt name or a local file (default: all)")
-    _hf_arguments(q)
+    _hf_arguments(q, rows=True)
     q.add_argument("--tokenizer", metavar="SPEC", default="data/sample/tokenizer.json")
     q.add_argument("--min-doc-tokens", metavar="N", type=int, default=4096)
     q.add_argument("--no-dedup", action="store_true", help="keep listed and in-stream duplicates")
@@ -49,20 +50,23 @@ def add_parser(subparsers) -> None:
     r.set_defaults(func=run_prepare)
 
 
-def _hf_arguments(p) -> None:
+def _hf_arguments(p, *, rows: bool = False) -> None:
     g = p.add_argument_group("hf:// sources (datasets streaming)")
     g.add_argument("--data-files", metavar="GLOB", action="append", help="data.hf_data_files (repeatable)")
     g.add_argument("--text-field", metavar="F", default="text", help="the column holding the text (default: text)")
     g.add_argument("--config", metavar="NAME", dest="hf_config", help="the dataset's configuration")
     g.add_argument("--split", metavar="S", default="train", help="default: train")
     g.add_argument("--reshard", action="store_true", help="parquet: one shard per row group")
+    if rows:
+        g.add_argument("--rows-per-shard", metavar="N", type=int, help="parquet: shards of N consecutive rows")
 
 
 def _hf_keys(args) -> dict:
     """The hf_* keywords of an hf:// source (none for RedPajama-V2: DataConfig rejects them there)."""
     if not args.source.startswith("hf://"):
         given = [f for f, v in (("--data-files", args.data_files), ("--config", args.hf_config),
-                                ("--reshard", args.reshard)) if v] + [
+                                ("--reshard", args.reshard),
+                                ("--rows-per-shard", getattr(args, "rows_per_shard", None))) if v] + [
             f for f, v, d in (("--text-field", args.text_field, "text"), ("--split", args.split, "train")) if v != d
         ]  # fmt: skip
         if given:
@@ -71,13 +75,36 @@ def _hf_keys(args) -> dict:
             raise CLIError(f"{', '.join(given)}: for hf:// sources only (SOURCE is {args.source!r})")
         return {}
     files = args.data_files
-    return {
+    keys = {
         "hf_data_files": files[0] if files and len(files) == 1 else files,
         "hf_config": args.hf_config,
         "hf_split": args.split,
         "hf_reshard": args.reshard,
         "text_field": args.text_field,
     }
+    if getattr(args, "rows_per_shard", None) is not None:
+        keys["hf_rows_per_shard"] = args.rows_per_shard
+    return keys
+
+
+# the recipe keys the data package's advice names, as this command's arguments
+_FLAGS = (
+    (re.compile(r"data\.source=(\S+) data\.hf_data_files="), r"data inspect \1 --data-files "),
+    (re.compile(r"data\.hf_data_files\b"), "--data-files"),
+    (re.compile(r"data\.hf_reshard=true"), "--reshard"),
+    (re.compile(r"data\.hf_rows_per_shard[= ]"), "--rows-per-shard "),
+    (re.compile(r"data\.text_field\b"), "--text-field"),
+    (re.compile(r"data\.min_doc_tokens\b"), "--min-doc-tokens"),
+    (re.compile(r"data\.source\b"), "SOURCE"),
+    (re.compile(r"data\.listing\b"), "--listing"),
+)
+
+
+def as_flags(line: str) -> str:
+    """A data-package message naming recipe keys (data.X), worded for `data inspect`'s arguments."""
+    for pattern, repl in _FLAGS:
+        line = pattern.sub(repl, line)
+    return line
 
 
 def _cli_error(e: Exception):
@@ -96,6 +123,7 @@ def run_inspect(args) -> int:
         raise CLIError(f"--min-doc-tokens must be >= 1, got {args.min_doc_tokens}")
     emit = (lambda doc_id: print(doc_id)) if args.emit_ids else None
     hf = _hf_keys(args)
+    verdict = []
     try:
         counts = inspect_source(
             args.source,
@@ -107,10 +135,11 @@ def run_inspect(args) -> int:
             retries=args.retries,
             on_kept=emit,
             progress=Progress("inspect"),
+            on_empty=verdict.append,
             **hf,
         )
     except (OSError, ValueError, RuntimeError) as e:
-        raise _cli_error(e) from None
+        raise _cli_error(ValueError(as_flags(str(e)))) from None
     out = sys.stderr if args.emit_ids else sys.stdout
     if args.json:
         print(json.dumps(counts), file=out)
@@ -118,6 +147,10 @@ def run_inspect(args) -> int:
         width = max(map(len, counts))
         for k, v in counts.items():
             print(f"{k:<{width}}  {v:>12,}", file=out)
+    if verdict:  # the counts above, then why nothing was kept and what to do; exit 2 like any CLIError
+        from stuffed_mamba.cli import CLIError
+
+        raise CLIError(as_flags(verdict[0]))
     return 0
 
 
