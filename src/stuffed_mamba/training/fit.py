@@ -22,8 +22,6 @@ def build_model(cfg: RecipeConfig, tokenizer):
 
     m = cfg.model
     overrides = mamba2_overrides(m)
-    if "A_init_range" in overrides:
-        overrides["A_init_range"] = tuple(overrides["A_init_range"])
     if m.init_from:
         try:  # a folder, or a hub name (OWNER/NAME) through the HuggingFace cache
             model = Mamba2LM.from_pretrained(m.init_from, backend=m.backend)
