@@ -199,11 +199,11 @@ def _callbacks(cfg, run_dir, ckpt_dir, point, checkpoints, requeue, tokenizer, e
 
 def _check_data(cfg: RecipeConfig, world_size: int) -> None:
     """A wrong source or listing, or too few shards for the ranks, is one line now rather than a
-    traceback from inside trainer.fit (building a loader only reads the listing)."""
-    from stuffed_mamba.data import build_dataloader
+    traceback from inside trainer.fit; so is a source whose row streams keep no document (data/check.py)."""
+    from stuffed_mamba.data.check import check_source
 
     try:
-        build_dataloader(cfg.data, rank=0, world_size=world_size)
+        check_source(cfg.data, world_size=world_size)
     except (OSError, ValueError) as e:
         msg = first_line(e)
         raise ConfigError(msg if msg.startswith("data") else f"data: {msg}") from None
