@@ -13,7 +13,6 @@ name and never fall back silently: asking for "mamba_ssm" without its kernels is
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
 
 from stuffed_mamba.ops.conv import causal_conv1d, causal_conv1d_step
 from stuffed_mamba.ops.norm import gated_rmsnorm, rms_norm
@@ -25,11 +24,15 @@ BACKENDS = {
 }
 
 
-def get_backend(name: str) -> ModuleType:
-    """The backend module called `name` ("torch" or "mamba_ssm")."""
+def get_backend(name: str):
+    """The backend module called `name` ("torch" or "mamba_ssm"), wrapped for context parallelism after
+    `ops.context_parallel.install()` (the wrapper splits only inside `context_parallel.split_over(group)`)."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)}")
-    return importlib.import_module(BACKENDS[name])
+    module = importlib.import_module(BACKENDS[name])
+    from stuffed_mamba.ops import context_parallel
+
+    return context_parallel.ContextParallelOps(module) if context_parallel.installed() else module
 
 
 __all__ = [
