@@ -36,43 +36,47 @@ def resolve_fit(path: Path) -> dict:
     return {"recipe": to_dict(cfg), "printed": OmegaConf.to_container(OmegaConf.create(printed))}
 
 
-def resolve_sweep(path: Path) -> dict:
+def resolve_sweep(path: Path, cells: bool = True) -> dict:
     from stuffed_mamba.sweep import expand, load_sweep
     from stuffed_mamba.training.config import load_recipe, to_dict
 
     recipe, base = load_sweep(path)
     own = _plain(recipe)
     own.pop("base")  # a path as the file wrote it: `base` below is where it leads
-    cells = [
-        {"name": c.name, "max_steps": c.max_steps, "overrides": list(c.overrides), "run_dir": str(c.run_dir)}
-        for c in expand(recipe, base)
-    ]
-    return {
-        "sweep": own,
-        "base": os.path.relpath(Path(base).resolve(), ROOT),
-        "base_recipe": to_dict(load_recipe(base)),
-        "cells": cells,
-    }
+    out = {"sweep": own, "base": os.path.relpath(Path(base).resolve(), ROOT), "base_recipe": to_dict(load_recipe(base))}
+    if cells:  # a `fit` recipe resolved per cell: about a second each
+        out["cells"] = [
+            {"name": c.name, "max_steps": c.max_steps, "overrides": list(c.overrides), "run_dir": str(c.run_dir)}
+            for c in expand(recipe, base)
+        ]
+    return out
 
 
-def resolve_all() -> dict[str, dict]:
-    """{recipe path relative to the checkout: its resolved configuration}, from the checkout's root."""
+def resolve(path: str | Path, cells: bool = True) -> dict:
+    """One shipped recipe (a path relative to the checkout) resolved, as in the fixture."""
     import huggingface_hub.constants as hub_constants
 
-    out: dict[str, dict] = {}
     cwd, cache = Path.cwd(), hub_constants.HF_HUB_CACHE
     with tempfile.TemporaryDirectory() as empty:
         try:
             os.chdir(ROOT)  # sweep cells' run folders are relative paths
             hub_constants.HF_HUB_CACHE = empty
-            for p in sorted(Path("recipes").glob("*.yaml")):
-                out[str(p)] = resolve_fit(p)
-            for p in sorted(Path("recipes/sweeps").glob("*.yaml")):
-                out[str(p)] = resolve_sweep(p)
+            p = Path(path)
+            return resolve_sweep(p, cells) if p.parent.name == "sweeps" else resolve_fit(p)
         finally:
             hub_constants.HF_HUB_CACHE = cache
             os.chdir(cwd)
-    return out
+
+
+def shipped() -> list[str]:
+    """Every recipe a user can run (a file whose name starts with `_` is only a base)."""
+    found = [*ROOT.glob("recipes/*.yaml"), *ROOT.glob("recipes/sweeps/*.yaml")]
+    return sorted(str(p.relative_to(ROOT)) for p in found if not p.name.startswith("_"))
+
+
+def resolve_all() -> dict[str, dict]:
+    """{recipe path relative to the checkout: its resolved configuration}."""
+    return {p: resolve(p) for p in shipped()}
 
 
 if __name__ == "__main__":

@@ -162,16 +162,46 @@ def settings_class(class_name: str, doc: str, extra: list[tuple] = ()) -> type:
 
 _CLASSES: dict[str, type] = {}
 
+# The recipe's group defaults: `probes.every_n_steps: 1000` is the period of every probe that does
+# not set its own in the same recipe file (or the same override list), `probes.prefill_chunk` likewise.
+GROUP_KEYS = {
+    "every_n_steps": "every probe's every_n_steps unless the probe sets its own (null: each probe's)",
+    "prefill_chunk": "every probe's prefill_chunk unless the probe sets its own (null: each probe's)",
+}
+
 
 def __getattr__(name: str):
     # built on first use: the probe modules import this one, so it cannot import them at load time
     if name == "ProbesConfig":
         if name not in _CLASSES:
             _CLASSES[name] = settings_class(
-                name, "The recipe's `probes:` section: one entry per registered probe; `enabled: false` turns all off."
+                name,
+                "The recipe's `probes:` section: one entry per registered probe; `enabled: false` turns all off; "
+                "`every_n_steps` and `prefill_chunk` here are group defaults.",
+                # typing.Optional: OmegaConf reads these types at run time
+                extra=[(k, typing.Optional[int], knob(None, h)) for k, h in GROUP_KEYS.items()],  # noqa: UP045
             )
         return _CLASSES[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def inherit_group_defaults(section: Any) -> Any:
+    """One layer of a recipe's `probes:` section (a plain dict) with each group key it sets copied into
+    every probe that has that setting and does not set it in this same layer. Per layer, so that a
+    recipe's `probes.every_n_steps` replaces the periods its base gave each probe."""
+    if not isinstance(section, dict):
+        return section
+    out = dict(section)
+    for key in GROUP_KEYS:
+        if out.get(key) is None:
+            continue
+        for probe in all_probes():
+            mine = out.get(probe.name)
+            if mine is None:
+                mine = {}
+            if isinstance(mine, dict) and key in {f.name for f in dataclasses.fields(probe.Config)}:
+                out[probe.name] = {key: out[key], **mine}
+    return out
 
 
 def as_config(probe: Probe, cfg: Any = None, **overrides):

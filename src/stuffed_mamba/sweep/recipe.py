@@ -1,6 +1,7 @@
 """Sweep recipes: a grid of model sizes x training lengths over one base training recipe.
 
-    base: ../tiny_cpu.yaml          # a normal `fit` recipe, relative to this file
+    base: ../tiny_cpu.yaml          # a normal `fit` recipe, relative to this file (or another sweep
+                                    # recipe, whose keys this one's are merged over)
     out_dir: runs/sweeps/name       # runs/{cell}/ and results.jsonl go here
     models:                         # name -> `model.*` overrides (N_S follows from them)
       s8k:  {d_model: 32, n_layer: 2, d_state: 16, headdim: 16}
@@ -75,18 +76,39 @@ class Cell:
     run_dir: Path
 
 
+FIT_SECTIONS = ("model", "data", "optim", "trainer", "probes", "run")
+
+
+def _is_sweep(keys: dict) -> bool:
+    """A sweep recipe's `base:` is merged when it is a sweep recipe too, and ends the chain when it is
+    the `fit` recipe the cells train (nothing but fit sections)."""
+    return not set(keys) <= {*FIT_SECTIONS, "base"}
+
+
 def load_sweep(path: str | Path, extra: list[str] | tuple[str, ...] = ()) -> tuple[SweepRecipe, Path]:
-    """(recipe, base recipe path). Unknown keys and wrong types are one-line ValueErrors."""
+    """(recipe, base recipe path). Unknown keys and wrong types are one-line ValueErrors.
+
+    `base:` (relative to the file naming it) is either another sweep recipe, whose keys this one's
+    are merged over, or the `fit` recipe every cell trains; a chain of sweep recipes ends at one.
+    """
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
+
+    from stuffed_mamba.recipe_file import RecipeFileError, merged, read_chain
 
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path}: no such sweep recipe")
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(SweepRecipe), OmegaConf.load(path))
+        layers, base = read_chain(path, follow=_is_sweep)
+    except RecipeFileError as e:
+        raise ValueError(str(e)) from None
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(SweepRecipe), merged(layers))
         if extra:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(extra)))
+        if base is not None and "base" not in {e.split("=", 1)[0] for e in extra}:
+            cfg.base = str(base)
         recipe: SweepRecipe = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
         raise ValueError(f"{path}: {str(e).splitlines()[0]}") from None
@@ -94,10 +116,7 @@ def load_sweep(path: str | Path, extra: list[str] | tuple[str, ...] = ()) -> tup
         raise ValueError(f"{path}: `models` is empty")
     if not recipe.train_lengths or any(t < 1 for t in recipe.train_lengths):
         raise ValueError(f"{path}: `train_lengths` must be a non-empty list of positive lengths")
-    base = Path(recipe.base)
-    if not base.is_absolute():
-        # relative to the sweep recipe first, then to the working directory
-        base = (path.parent / base) if (path.parent / base).exists() else base
+    base = Path(recipe.base)  # from the command line (base=...): relative to the working directory
     if not base.exists():
         raise ValueError(f"{path}: base recipe {recipe.base} not found")
     return recipe, base

@@ -1,7 +1,8 @@
 """Recipe schema: dataclasses validated by OmegaConf (DESIGN section 7).
 
 A recipe is YAML with the sections `model`, `data`, `optim`, `trainer`, `probes`,
-`run`; `key=value` overrides from the command line are merged on top. An unknown
+`run`, and optionally `base: OTHER.yaml` (its keys merged over that recipe's, see
+stuffed_mamba/recipe_file.py); `key=value` overrides from the command line are merged on top. An unknown
 key, a wrong type or an impossible value is a one-line `ConfigError` naming the
 key, raised before any model or data is built.
 
@@ -173,12 +174,14 @@ def _one_line(e: Exception) -> str:
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> RecipeConfig:
-    """YAML recipe + `key=value` overrides -> a validated RecipeConfig (plain dataclasses)."""
+    """YAML recipe (its `base:` chain first) + `key=value` overrides -> a validated RecipeConfig."""
     from omegaconf import OmegaConf
     from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+    from stuffed_mamba.recipe_file import RecipeFileError, read_chain
+
     schema = OmegaConf.structured(RecipeConfig)
-    layers = []
+    layers: list[tuple[Path | None, Any]] = []  # (file or None for the overrides, its keys)
     if path is not None:
         path = Path(path)
         if not path.is_file() and not path.is_absolute() and (PROJECT_ROOT / path).is_file():
@@ -186,22 +189,31 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> RecipeCon
         if not path.is_file():
             raise ConfigError(f"recipe not found: {path}")
         try:
-            layers.append(OmegaConf.load(path))
-        except Exception as e:  # YAML syntax
-            raise ConfigError(f"{path}: cannot parse YAML: {_one_line(e)}") from None
+            layers += [(f, _with_group_defaults(layer)) for f, layer in read_chain(path)[0]]
+        except RecipeFileError as e:
+            raise ConfigError(str(e)) from None
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override {item!r} is not key=value")
     try:
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        dotlist = OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as e:
         raise ConfigError(f"bad override: {_one_line(e)}") from None
+    layers.append((None, _with_group_defaults(dotlist)))
     try:
-        merged = OmegaConf.merge(schema, *layers)
-    except ConfigKeyError as e:
-        raise ConfigError(f"unknown recipe key '{e.full_key}'{_did_you_mean(e.full_key, schema)}") from None
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"recipe key {_one_line(e)}") from None
+        merged = OmegaConf.merge(schema, *(layer for _, layer in layers))
+    except OmegaConfBaseException:
+        merged = schema  # merged again layer by layer (each merge copies the schema): a base's mistake names its file
+        for source, layer in layers:
+            where = f"{source}: " if source is not None else ""
+            try:
+                merged = OmegaConf.merge(merged, layer)
+            except ConfigKeyError as e:
+                raise ConfigError(
+                    f"{where}unknown recipe key '{e.full_key}'{_did_you_mean(e.full_key, schema)}"
+                ) from None
+            except OmegaConfBaseException as e:
+                raise ConfigError(f"{where}recipe key {_one_line(e)}") from None
     try:
         cfg = OmegaConf.to_object(merged)  # runs each section's __post_init__ validation
     except OmegaConfBaseException as e:
@@ -210,6 +222,14 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> RecipeCon
         raise ConfigError(str(e).strip().splitlines()[0]) from None
     validate(cfg)
     return cfg
+
+
+def _with_group_defaults(layer: dict) -> dict:
+    """One file's (or the override list's) keys with its `probes.every_n_steps` / `probes.prefill_chunk`
+    copied into the probes it leaves unset (probes/registry.py GROUP_KEYS)."""
+    from stuffed_mamba.probes.registry import inherit_group_defaults
+
+    return {**layer, "probes": inherit_group_defaults(layer["probes"])} if "probes" in layer else layer
 
 
 # names other tools (Lightning, transformers, mamba_ssm) give to our keys
