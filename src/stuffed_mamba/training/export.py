@@ -21,8 +21,6 @@ from pathlib import Path
 
 import torch
 
-from stuffed_mamba.model.io import load_checkpoint
-
 FORMATS = ("mamba_ssm", "hf")
 
 
@@ -30,6 +28,8 @@ def export(checkpoint: str | Path, out: str | Path, format: str = "mamba_ssm", t
     """`tokenizer`: a `load_tokenizer` spec; default: the run's `data.tokenizer` (or the folder's own)."""
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")
+    from stuffed_mamba.model.io import load_checkpoint
+
     loaded = load_checkpoint(checkpoint)  # a one-line ValueError for a damaged or foreign checkpoint
     model, own = loaded.model, Path(loaded.path) / "tokenizer.json"  # a folder's own tokenizer first
     spec = tokenizer or (str(own) if own.is_file() else ((loaded.recipe or {}).get("data") or {}).get("tokenizer"))
