@@ -1,6 +1,7 @@
 """What a start checks before it touches `run.dir`, and what it records once it has succeeded.
 
-Before: the checkpoint to resume is readable (one line naming the file otherwise), the run
+Before: the checkpoint to resume is whole (`checkpoint.resolve_resume` verifies it against its
+manifest, `model/integrity.py`) and readable (one line naming the file otherwise), the run
 is not already finished at `trainer.max_steps`, the architecture is the one it was trained
 with, and which other recipe keys changed since (listed in the start-up report). After the
 checkpoint was restored (`on_train_start`): `{run.dir}/recipe.yaml`, the hyper-parameters
