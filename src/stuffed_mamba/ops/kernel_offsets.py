@@ -118,17 +118,22 @@ class NormCall:
     group_size: int
     y_strides: Strides
     z_strides: Strides
+    sm_count: int = H100_SMS
     length = align = 1  # rows only: the norm has no state to chain
 
     def largest(self, r: int, L: int = 1) -> int:
-        N = self.width
+        N, G = self.width, self.width // self.group_size
         y = self.y_strides if self.y_strides[-1] == 1 else contiguous((r, N))
         z = self.z_strides if self.z_strides[-1] == 1 else contiguous((r, N))
+        # _layer_norm_bwd's partial dw: one row per program, ceil(sm_count * ceil(4 / num_warps) / G)
+        num_warps = min(max(2 ** math.ceil(math.log2(self.group_size)) // 256, 1), 8)
+        programs = math.ceil(self.sm_count * math.ceil(4 / num_warps) / G)
         return max(
             largest_offset((r, N), y),
             largest_offset((r, N), z),
             _dense(r, N),  # out, dy (a slice of the whole call's gradient: row stride N), dx, dz
-            _dense(N // self.group_size * r),  # rstd
+            _dense(G * r),  # rstd
+            _dense(programs, N),  # dw partials
         )
 
 
@@ -180,7 +185,12 @@ def mixer_calls(
             sm_count=sm_count,
         ),
         "gated_rmsnorm": NormCall(
-            batch * T, c.d_inner, c.d_inner // c.ngroups, y_strides=(c.d_inner, 1), z_strides=(dip, 1)
+            batch * T,
+            c.d_inner,
+            c.d_inner // c.ngroups,
+            y_strides=(c.d_inner, 1),
+            z_strides=(dip, 1),
+            sm_count=sm_count,
         ),
         "causal_conv1d": ConvCall(batch, T, cd, c.d_conv, x_strides=(T * dip, dip, 1)),
     }

@@ -187,7 +187,8 @@ def gated_rmsnorm(
     """
     shape = y.shape
     y2, z2 = y.reshape(-1, shape[-1]), z.reshape(-1, shape[-1])  # as rmsnorm_fn flattens them
-    call = NormCall(y2.shape[0], shape[-1], group_size, y2.stride(), z2.stride())
+    sm_count = torch.cuda.get_device_properties(y.device).multi_processor_count
+    call = NormCall(y2.shape[0], shape[-1], group_size, y2.stride(), z2.stride(), sm_count)
     out = kernel_split.run_rows(_pieces(call), _norm, dict(y=y2, z=z2), weight=weight, eps=eps, group_size=group_size)
     return out.reshape(shape)
 
