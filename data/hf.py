@@ -18,6 +18,8 @@ import logging
 import os
 import time
 
+from stuffed_mamba.errors import first_line
+
 from .config import HF_PREFIX
 from .hf_rows import RowRange, shard_rows, shard_sources, split_rows
 from .reader import check_text
@@ -35,11 +37,6 @@ class _QuietEmptyFiles(logging.Filter):
 
     def filter(self, record):
         return _NO_ROWS not in record.getMessage()
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0] if s else type(e).__name__
 
 
 def _is_remote(path: str) -> bool:
@@ -94,7 +91,7 @@ def load_streaming(cfg):
         hint = ""
         if "/" in name and "reach" in str(e):
             hint = f"; without network, mirror it where there is: stuffed-mamba data prepare {cfg.source} DIR"
-        raise ValueError(f"data.source {cfg.source}: {_first_line(e)}{hint}") from None
+        raise ValueError(f"data.source {cfg.source}: {first_line(e)}{hint}") from None
     return ds
 
 
@@ -218,7 +215,7 @@ class HFReader:
                     time.sleep(self.backoff_s * 2**attempt)
                     attempt += 1
                     continue
-                self.last_error = f"{name}: {_first_line(e)}"
+                self.last_error = f"{name}: {first_line(e)}"
                 log.warning("data: %s: %s", self.source, self.last_error)
                 counters["shards_truncated" if delivered else "shards_failed"] += 1
                 return

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stuffed_mamba.probes.position_loss import learned_to_forget, log_buckets, loss_per_position, loss_summary
+from stuffed_mamba.probes.buckets import log_buckets
+from stuffed_mamba.probes.position_loss import learned_to_forget, loss_per_position, loss_summary
 from tests.helpers import rel_err
 
 

@@ -28,6 +28,8 @@ import io
 import os
 from pathlib import Path
 
+from stuffed_mamba.errors import first_line
+
 # What DeepSpeed 0.19 pickles into its checkpoint files besides tensors and builtins (found with
 # torch.serialization.get_unsafe_globals_in_checkpoint on ZeRO 1/2/3, fp32 and bf16 folders).
 SAFE_DEEPSPEED_GLOBALS = (
@@ -125,7 +127,7 @@ def _fp32_master_weights(path: Path, tag: str) -> dict:
         try:  # it prints its progress; a user of eval/export wants the table only
             return dict(get_fp32_state_dict_from_zero_checkpoint(str(path), tag))
         except Exception as e:  # noqa: BLE001 - missing shards, truncated files, refused globals
-            raise ValueError(f"{path}: cannot read the DeepSpeed checkpoint: {_first_line(e)}") from None
+            raise ValueError(f"{path}: cannot read the DeepSpeed checkpoint: {first_line(e)}") from None
 
 
 def _load(file: Path, folder: Path):
@@ -136,7 +138,7 @@ def _load(file: Path, folder: Path):
             # mmap: the bf16 module weights of ZeRO 1/2 stay on disk unless they are used
             return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # noqa: BLE001
-            raise ValueError(f"{folder}: cannot read {file.name}: {_first_line(e)}") from None
+            raise ValueError(f"{folder}: cannot read {file.name}: {first_line(e)}") from None
 
 
 @contextlib.contextmanager
@@ -161,11 +163,3 @@ def _weights_only():
             os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
         else:
             os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = saved
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    if "Weights only load failed" in text:  # torch's multi-paragraph refusal: keep the culprit
-        culprit = next((ln.strip() for ln in text.splitlines() if "Unsupported global" in ln), "")
-        return f"refused to unpickle a non-tensor object ({culprit or 'unknown global'})"
-    return text.splitlines()[0] if text else type(e).__name__

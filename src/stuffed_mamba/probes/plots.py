@@ -7,6 +7,8 @@ import math
 import numpy as np
 import torch
 
+from stuffed_mamba.probes.buckets import log_buckets
+
 
 def _plt():
     import matplotlib
@@ -95,8 +97,6 @@ def loss_vs_position(loss: torch.Tensor, train_length: int | None = None, *, buc
 
     curves: optional {label: loss [T']} to overlay (e.g. interventions); else one curve `loss`.
     """
-    from stuffed_mamba.probes.position_loss import log_buckets
-
     plt = _plt()
     curves = curves if curves is not None else {"loss": loss}
     fig, ax = plt.subplots(figsize=(6, 3.5))

@@ -8,7 +8,6 @@ loss averaged over 128 prompts).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from stuffed_mamba.probes.buckets import log_buckets
 from stuffed_mamba.probes.registry import MIN_DOC_TOKENS, Probe, ProbeSettings, heading, knob
 
 
@@ -78,22 +78,6 @@ def learned_to_forget(loss_per_position, train_length: int) -> bool:
     if not torch.isfinite(beyond).all():
         return False
     return bool(beyond.max() <= 2.0 * within.max())
-
-
-def log_buckets(loss: torch.Tensor, buckets: int) -> tuple[list[int], list[float]]:
-    """Mean loss over log-spaced position buckets: (geometric centre positions, means), empty buckets left out.
-
-    Positions are 1-based context sizes (index i -> position i+1).
-    """
-    n = loss.numel()
-    edges = torch.logspace(0, math.log10(n + 1), buckets + 1, dtype=torch.float64).floor().long().tolist()
-    centres, means = [], []
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        if hi <= lo:
-            continue
-        centres.append(int(round(math.sqrt(lo * (hi - 1)))) if hi - 1 > lo else lo)
-        means.append(float(loss[lo - 1 : hi - 1].mean()))
-    return centres, means
 
 
 def loss_summary(loss: torch.Tensor, train_length: int, *, buckets: int = 24) -> dict:

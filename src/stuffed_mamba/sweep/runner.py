@@ -1,9 +1,11 @@
 """Run sweep cells: `fit` each (a subprocess, or the training API in-process), evaluate its last checkpoint
 with the registered probes, append a row. What a fit did comes from its FitResult (fit_result.json).
 
-A cell is done when `{run_dir}/result.json` exists: rerunning a sweep skips done cells, so an
-interrupted sweep resumes where it stopped (and `fit` itself resumes a half-trained run when
-the base recipe says `run.resume: auto`). A failed fit or evaluation is recorded as a row with
+A cell is done when `{run_dir}/result.json` (its row) exists: rerunning a sweep skips done cells,
+so an interrupted sweep resumes where it stopped. Its fit is done when the `fit_result.json` that
+`fit` writes says it ended with a checkpoint, neither interrupted nor requeued: such a fit is only
+evaluated again (and `fit` itself resumes a half-trained run when the base recipe says
+`run.resume: auto`). A failed fit or evaluation is recorded as a row with
 `status` saying why and never stops the other cells.
 """
 
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from stuffed_mamba.analysis.results import append_row
+from stuffed_mamba.errors import first_line
 from stuffed_mamba.sweep.recipe import Cell, SweepRecipe, resolved_config
 
 
@@ -31,7 +34,7 @@ def fit_command(base: Path, cell: Cell) -> list[str]:
 
 
 def _fit_args(cell: Cell) -> list[str]:
-    # a cell without fit.done is (re)trained: a half-written run of it may be replaced, unless the
+    # a cell without a finished fit is (re)trained: a half-written run of it may be replaced, unless the
     # base recipe says run.resume: auto, which continues it instead
     return [*cell.overrides, "run.overwrite=true"]
 
@@ -39,7 +42,7 @@ def _fit_args(cell: Cell) -> list[str]:
 def run_fit(base: Path, cell: Cell, *, timeout_s: float | None, in_process: bool = False):
     """(FitResult or None, why it failed, seconds). The output goes to {run_dir}/fit.log; the
     result is `fit`'s own (in-process) or the fit_result.json it wrote into the run's folder."""
-    from stuffed_mamba.training.fit import read_result
+    from stuffed_mamba.training.result import read_result
 
     cell.run_dir.mkdir(parents=True, exist_ok=True)
     log = cell.run_dir / "fit.log"
@@ -79,7 +82,7 @@ def _fit_in_process(base: Path, cell: Cell, log: Path):
             return None, str(e)
         except Exception as e:  # a crash is this cell's failure, never the sweep's
             traceback.print_exc()
-            return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            return None, f"{type(e).__name__}: {first_line(e)}"
 
 
 def _tail(path: Path, n: int = 3) -> str:
@@ -107,7 +110,8 @@ def run_cell(
     never training; its new row supersedes the old one in the results table.
     """
     done = cell.run_dir / "result.json"
-    if reevaluate and not (cell.run_dir / "fit.done").exists():
+    fitted = finished_fit(cell.run_dir)
+    if reevaluate and fitted is None:
         log(f"[sweep] {cell.name}: no finished fit to evaluate again")
         return {"cell": cell.name, "status": "not_fitted"}
     if done.exists() and not force and not reevaluate:
@@ -128,8 +132,7 @@ def run_cell(
         "state_size": _state_size(base, cell),
     }
     ckpt = cell.run_dir / "checkpoints" / "last.ckpt"
-    fit_done = cell.run_dir / "fit.done"
-    if (force and not reevaluate) or not fit_done.exists():
+    if (force and not reevaluate) or fitted is None:
         log(f"[sweep] {cell.name}: fit (N_S={row['state_size']:,}, T_train={cell.train_length}, steps={max_steps})")
         timeout = recipe.fit_timeout_minutes * 60 if recipe.fit_timeout_minutes else None
         result, why, secs = run_fit(base, cell, timeout_s=timeout, in_process=in_process)
@@ -138,13 +141,11 @@ def run_cell(
             row["status"] = f"fit_failed: {why or 'no last.ckpt'}"[:400]
             log(f"[sweep] {cell.name}: {row['status']}")
             return _record(recipe, cell, row, out_dir, final=False)
-        fit_done.write_text(f"{secs:.1f}\n")
-    else:
-        row["fit_seconds"] = float(fit_done.read_text().strip() or "nan")
-    from stuffed_mamba.training.fit import read_result
-
-    done_fit = read_result(cell.run_dir)
-    row["final_train_loss"] = None if done_fit is None else done_fit.final_loss
+        fitted = result
+    else:  # the earlier row's wall-clock time of the fit, else the fit's own training time
+        earlier = json.loads(done.read_text()) if done.exists() else {}
+        row["fit_seconds"] = earlier.get("fit_seconds", round(fitted.seconds, 1))
+    row["final_train_loss"] = fitted.final_loss
     log(f"[sweep] {cell.name}: evaluate {ckpt}")
     t0 = time.perf_counter()
     try:
@@ -153,7 +154,7 @@ def run_cell(
         ev, summaries = evaluate_checkpoint(ckpt, base, cell, recipe.eval)
     except Exception as e:  # recorded, not fatal: the other cells still run
         row["eval_seconds"] = round(time.perf_counter() - t0, 1)
-        row["status"] = f"eval_failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:400]
+        row["status"] = f"eval_failed: {type(e).__name__}: {first_line(e)}"[:400]
         log(f"[sweep] {cell.name}: {row['status']}")
         return _record(recipe, cell, row, out_dir, final=False)
     (cell.run_dir / "eval").mkdir(exist_ok=True)
@@ -169,6 +170,15 @@ def run_cell(
         f"(fit {row['fit_seconds']} s, eval {row['eval_seconds']} s)"
     )
     return _record(recipe, cell, row, out_dir, final=True)
+
+
+def finished_fit(run_dir: Path):
+    """The FitResult of the cell's fit when it finished (a checkpoint, not stopped by Ctrl-C or a
+    requeue), else None."""
+    from stuffed_mamba.training.result import read_result
+
+    r = read_result(run_dir)
+    return r if r is not None and r.checkpoint is not None and not (r.interrupted or r.requeued) else None
 
 
 def _record(recipe, cell, row, out_dir, *, final: bool) -> dict[str, Any]:
