@@ -11,12 +11,15 @@ import lightning as L
 import pytest
 from lightning.pytorch.strategies import DeepSpeedStrategy
 
+from stuffed_mamba.recipe_file import read_recipe
 from stuffed_mamba.training.config import load_recipe
 from stuffed_mamba.training.strategy import build_strategy
 from tests.training.common import tiny_module, tiny_recipe
 from tests.training.fakes import FakeEpisodeLoader
 
-DEEPSPEED_RECIPES = sorted(str(p) for p in Path("recipes").glob("*.yaml") if "strategy: deepspeed" in p.read_text())
+DEEPSPEED_RECIPES = sorted(
+    str(p) for p in Path("recipes").glob("*.yaml") if read_recipe(p).get("trainer", {}).get("strategy") == "deepspeed"
+)
 
 
 def formatted(cfg, module=None):
