@@ -440,3 +440,40 @@ def test_backend_splits_exactly_the_calls_that_would_reach_2_31(mamba_kernels, m
     print("\n" + "\n".join(table))
     # the issue's examples: 2.7B's z view at one row of 256K; 780M's SSD stays whole at one row of 128K
     assert (2560, "gated_rmsnorm") in split_any and (1536, "ssd") in whole_any
+
+
+# ------------------------------------------------------------------------------------ doctor
+
+
+def _memory_line(recipe: str, overrides: list[str]) -> str:
+    """The doctor's memory line for a recipe without init_from (its passed/skipped/failed detail)."""
+    from types import SimpleNamespace
+
+    from stuffed_mamba.training import doctor
+
+    ctx = doctor.Context(recipe, overrides)
+    doctor.check_recipe(ctx)
+    ctx.passed |= {"recipe", "tokenizer"}
+    ctx.tokenizer = SimpleNamespace(vocab_size=50277)
+    try:
+        return doctor.check_memory(ctx)
+    except (doctor.Skip, doctor.Fail) as e:  # no GPU here to compare the memory with
+        return str(e)
+
+
+def test_doctor_prints_the_largest_offset_and_the_calls_per_op():
+    """`stuffed-mamba doctor RECIPE` on a mamba_ssm recipe: the largest offset of its shapes and
+    how many calls each op will use, as the planner decides (36M scratch, 8 rows of 256K tokens:
+    its gated norm and conv are split in two)."""
+    from stuffed_mamba.ops.kernel_split import describe
+    from stuffed_mamba.training.config import load_recipe, mamba2_overrides
+
+    line = _memory_line("recipes/mamba2_36m_scratch.yaml", ["data.train_length=262144"])
+    config = Mamba2Config(**mamba2_overrides(load_recipe("recipes/mamba2_36m_scratch.yaml").model))
+    expected = describe(config, 8, 262144)
+    assert expected in line, line
+    calls = mixer_calls(config, 8, 262144)
+    worst = max(c.largest(c.rows, c.length) for c in calls.values())
+    assert f"largest kernel offset {worst:,} " in expected and worst >= INT32_MAX
+    assert "ssd 1 call, gated_rmsnorm 2 calls, causal_conv1d 2 calls" in expected
+    assert "kernel offset" not in _memory_line("recipes/tiny_cpu.yaml", [])  # the torch backend: no kernels

@@ -26,6 +26,10 @@ def check_memory(ctx: Context) -> str:
     gpu = cfg.trainer.accelerator in ("gpu", "cuda") or (cfg.trainer.accelerator == "auto" and ctx.cuda)
     estimate = recipe_memory(cfg, ctx.model_config)
     need, parts = estimate.total, estimate.describe()
+    if cfg.model.backend == "mamba_ssm":  # the kernels' 32-bit offsets and the calls split for them
+        from stuffed_mamba.ops.kernel_split import describe
+
+        parts += f"; {describe(ctx.model_config, cfg.data.batch_size, cfg.data.train_length)}"
     if gpu:
         if not ctx.cuda:
             raise Skip(f"no CUDA device here to compare with: needs ~{need / GIB:.1f} GiB per GPU ({parts})")
