@@ -179,12 +179,19 @@ def test_sources_that_keep_no_document_are_one_line(files, capfd, tmp_path):
     )
 
 
-def test_rows_per_shard_needs_parquet(tmp_path):
+def test_rows_per_shard_needs_parquet(tmp_path, capfd):
     (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
     with pytest.raises(ValueError) as e:
         build_dataloader(DataConfig(source="hf://json", hf_data_files=str(tmp_path / "a.jsonl"), tokenizer="bytes",
                                     hf_rows_per_shard=2))  # fmt: skip
     assert str(e.value).startswith("data.hf_rows_per_shard needs parquet files (their footers count the rows)")
+    # data inspect words the same advice with its own arguments
+    assert (
+        main(["data", "inspect", "hf://json", "--data-files", str(tmp_path / "a.jsonl"), "--rows-per-shard", "2"]) == 2
+    )
+    assert error_line(capfd.readouterr().err).startswith(
+        "stuffed-mamba data: error: --rows-per-shard needs parquet files (their footers count the rows)"
+    )
 
 
 def _rows_cfg(path, **kw) -> DataConfig:
