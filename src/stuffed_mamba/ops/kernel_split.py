@@ -52,15 +52,22 @@ def plan(largest: Callable[[int, int], int], rows: int, length: int, *, bound: i
         return [Piece((0, rows), (0, length))]
     r = _largest_fitting(lambda n: largest(n, length) < bound, rows)
     if r >= 1:
-        return [Piece((r0, min(r0 + r, rows)), (0, length)) for r0 in range(0, rows, r)]
-    k = _largest_fitting(lambda n: largest(1, n * align) < bound, -(-length // align))
-    if k == 0:
-        raise OffsetError(
-            f"one row of {align} tokens already addresses offset {largest(1, align):,} >= {bound:,}: "
-            "the kernels cannot run this call; use a smaller model dimension"
-        )
-    L = k * align
-    return [Piece((i, i + 1), (t0, min(t0 + L, length))) for i in range(rows) for t0 in range(0, length, L)]
+        pieces = [Piece((r0, min(r0 + r, rows)), (0, length)) for r0 in range(0, rows, r)]
+    else:
+        k = _largest_fitting(lambda n: largest(1, n * align) < bound, -(-length // align))
+        if k == 0:
+            raise OffsetError(
+                f"one row of {align} tokens already addresses offset {largest(1, align):,} >= {bound:,}: "
+                "the kernels cannot run this call; use a smaller model dimension"
+            )
+        L = k * align
+        pieces = [Piece((i, i + 1), (t0, min(t0 + L, length))) for i in range(rows) for t0 in range(0, length, L)]
+    # The bisection assumes largest() monotone; mamba_ssm's SM-dependent head split makes some
+    # buffers shrink as calls grow, so check the pieces rather than trust it.
+    sizes = {(p.rows[1] - p.rows[0], p.tokens[1] - p.tokens[0]) for p in pieces}
+    if any(largest(r, L) >= bound for r, L in sizes):
+        raise OffsetError(f"no split of {rows} x {length} keeps every kernel offset below {bound:,}")
+    return pieces
 
 
 def _rows(pieces: list[Piece]) -> list[tuple[tuple[int, int], list[tuple[int, int]]]]:
