@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -133,6 +134,18 @@ def test_group_override_on_the_command_line_and_per_probe_overrides():
     assert probe_values(cfg, "every_n_steps") == {"passkey": 7, "retention": 7, "states": 9, "position_loss": 7}
     cfg = load_recipe(TINY, ["probes.passkey.every_n_steps=3"])
     assert cfg.probes.passkey.every_n_steps == 3 and cfg.probes.states.every_n_steps == 60
+
+
+def test_a_probes_section_given_as_a_dict_takes_its_group_defaults():
+    """build_callbacks takes the section as a ProbesConfig, a DictConfig or a dict: a dict is one layer."""
+    from stuffed_mamba.probes.registry import as_probes_config
+
+    cfg = SimpleNamespace(
+        probes=as_probes_config({"every_n_steps": 7, "prefill_chunk": 128, "states": {"every_n_steps": 9}})
+    )
+    assert probe_values(cfg, "every_n_steps") == {"passkey": 7, "retention": 7, "states": 9, "position_loss": 7}
+    assert set(probe_values(cfg, "prefill_chunk").values()) == {128}
+    assert as_probes_config(to_dict(load_recipe(TINY))["probes"]) == load_recipe(TINY).probes  # a whole section
 
 
 def test_tiny_cpu_passkey_is_tiny_cpu_retimed():

@@ -220,8 +220,12 @@ def as_probes_config(cfg: Any, cls: type | None = None):
     cls = cls or __getattr__("ProbesConfig")
     if isinstance(cfg, cls):
         return cfg
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg)
+    # a dict is one layer, as a recipe file is: its group keys reach the probes it leaves unset
+    cfg = inherit_group_defaults(cfg) if isinstance(cfg, dict) else cfg
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), cfg if cfg is not None else {}))
 
 
