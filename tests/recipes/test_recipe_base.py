@@ -148,6 +148,19 @@ def test_a_probes_section_given_as_a_dict_takes_its_group_defaults():
     assert as_probes_config(to_dict(load_recipe(TINY))["probes"]) == load_recipe(TINY).probes  # a whole section
 
 
+def test_resuming_a_run_saved_before_the_group_keys_reports_no_change():
+    """A run.dir's recipe.yaml written before `probes.every_n_steps` existed holds each probe's period
+    only; resumed with the same values, nothing is reported as changed, and a changed period still is."""
+    from stuffed_mamba.training.resume import recipe_changes
+
+    now = to_dict(load_recipe(TINY))
+    saved = to_dict(load_recipe(TINY))
+    del saved["probes"]["every_n_steps"], saved["probes"]["prefill_chunk"]
+    assert recipe_changes(saved, now) == []
+    later = to_dict(load_recipe(TINY, ["probes.every_n_steps=120"]))
+    assert "probes.passkey.every_n_steps: 60 -> 120" in recipe_changes(saved, later)
+
+
 def test_tiny_cpu_passkey_is_tiny_cpu_retimed():
     """The delta's one group key gives all five probes its period."""
     cfg = load_recipe(ROOT / "recipes/tiny_cpu_passkey.yaml")

@@ -19,8 +19,9 @@ import lightning as L
 
 from stuffed_mamba.training.config import ConfigError
 
-# keys that say how to start, not what is trained
-_START_KEYS = {"run.resume", "run.overwrite"}
+# keys that say how to start, not what is trained; and the probes' group defaults (newer than some
+# saved recipes), whose effect shows in each probe's own keys
+_START_KEYS = {"run.resume", "run.overwrite", "probes.every_n_steps", "probes.prefill_chunk"}
 # Mamba2Config fields that change how the model computes, not what it is
 _NOT_ARCHITECTURE = {"chunk_size"}
 
