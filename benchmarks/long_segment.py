@@ -9,6 +9,12 @@ the C library's malloc. `--recipe-row` adds the 130M recipe's real segment: all 
 
     python benchmarks/long_segment.py [--lengths 2048 8192 32768 65536] [--layers 4]
                                       [--allocators jemalloc glibc] [--recipe-row] [--threads 2]
+
+On a shared machine the load moves between rows. `--rounds N` measures the lengths interleaved
+(2K, 16K, 2K, 16K, ...) and adds a table of each length's tokens/s against the 2K row of the same
+round, with the spread over rounds; `--malloc-conf` runs jemalloc with another MALLOC_CONF.
+
+    python benchmarks/long_segment.py --lengths 2048 16384 --allocators jemalloc --threads 1 --rounds 3
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -63,7 +70,7 @@ def child(T: int, n_layer: int, threads: int) -> dict:
     }
 
 
-def run(T: int, n_layer: int, allocator: str, threads: int) -> dict | None:
+def run(T: int, n_layer: int, allocator: str, threads: int, malloc_conf: str | None = None) -> dict | None:
     from stuffed_mamba.allocator import MALLOC_CONF, find_jemalloc
 
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
@@ -75,14 +82,14 @@ def run(T: int, n_layer: int, allocator: str, threads: int) -> dict | None:
                 file=sys.stderr,
             )
             return None
-        env.update(LD_PRELOAD=lib, MALLOC_CONF=MALLOC_CONF)
+        env.update(LD_PRELOAD=lib, MALLOC_CONF=malloc_conf or MALLOC_CONF)
     cmd = [sys.executable, __file__, "--child", str(T), str(n_layer), str(threads)]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if p.returncode:
         print(f"T={T} {allocator}: exit {p.returncode} {p.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
         return None
     row = json.loads(p.stdout.strip().splitlines()[-1])
-    row["allocator"] = allocator
+    row["allocator"] = allocator if allocator == "glibc" or not malloc_conf else f"jemalloc({malloc_conf})"
     print(json.dumps(row), file=sys.stderr, flush=True)  # progress: rows take minutes at 32K
     return row
 
@@ -111,6 +118,33 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def rounds_table(rows: list[dict]) -> str:
+    """Tokens/s of each length against the 2K row measured just before it (same allocator, same round):
+    the load of the machine moves less within a round than across the whole run."""
+    out = [
+        "| T | layers | allocator | rounds | tokens/s vs 2K of its round: each | median | min - max |",
+        "|" + "---|" * 7,
+    ]
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        if r["T"] == 2048:
+            continue
+        ref = [
+            b
+            for b in rows
+            if b["T"] == 2048 and (b["allocator"], b["layers"], b["round"]) == (r["allocator"], r["layers"], r["round"])
+        ]
+        if ref:
+            groups.setdefault((r["T"], r["layers"], r["allocator"]), []).append(r["tok_s"] / ref[0]["tok_s"])
+    for (T, layers, allocator), ratios in groups.items():
+        each = ", ".join(f"{x:.2f}" for x in ratios)
+        out.append(
+            f"| {T:,} | {layers} | {allocator} | {len(ratios)} | {each} | {statistics.median(ratios):.2f} | "
+            f"{min(ratios):.2f} - {max(ratios):.2f} |"
+        )
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768, 65536])
@@ -118,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allocators", nargs="+", choices=["jemalloc", "glibc"], default=["jemalloc", "glibc"])
     p.add_argument("--recipe-row", action="store_true", help="add the 130M recipe's segment (24 layers, jemalloc)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--rounds", type=int, default=1, help="measure the lengths interleaved this many times")
+    p.add_argument("--malloc-conf", help="jemalloc's MALLOC_CONF (default: the one stuffed-mamba sets)")
     p.add_argument("--table", metavar="JSONL", help="only print the table of rows saved earlier (one JSON per line)")
     p.add_argument("--child", nargs=3, type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -125,14 +161,18 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(*args.child)))
         return 0
     if args.table:
-        print(table([json.loads(line) for line in Path(args.table).read_text().splitlines() if line.startswith("{")]))
+        rows = [json.loads(line) for line in Path(args.table).read_text().splitlines() if line.startswith("{")]
+        print(table(rows))
+        if any(r.get("round", 0) for r in rows):
+            print("\n" + rounds_table(rows))
         return 0
 
     rows = []
     for allocator in args.allocators:
-        for T in sorted(set(args.lengths) | {2048}):
-            row = run(T, args.layers, allocator, args.threads)
-            rows += [row] if row else []
+        for i in range(args.rounds):
+            for T in sorted(set(args.lengths) | {2048}):
+                row = run(T, args.layers, allocator, args.threads, args.malloc_conf)
+                rows += [{**row, "round": i}] if row else []
     if args.recipe_row:
         from stuffed_mamba.training.config import load_recipe
 
@@ -140,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         row = run(T, 24, args.allocators[0], args.threads)
         rows += [row] if row else []
     print(table(rows))
+    if args.rounds > 1:
+        print("\n" + rounds_table(rows))
     return 0
 
 

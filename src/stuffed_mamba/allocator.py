@@ -9,10 +9,19 @@ Intel's PyTorch CPU guidance. A preload must be there when the process starts, s
 re-executes itself once (`os.execve`: same PID, argv and exit code; signals reach the real process).
 
 `STUFFED_MAMBA_JEMALLOC=0` turns it off; `bash scripts/install.sh` installs Debian's `libjemalloc2`.
+
+Purging off has a price where memory should stay flat: what a phase frees stays resident, in the
+arena of the thread that freed it. The passkey evaluation tokenizes a 256K-token prompt (~170 MB of
+transient memory) and then prefills it chunk by chunk; the prompt's pages stayed resident beside the
+prefill's (peak RSS 1.33-1.43x of 16K's at 256K, glibc 1.10x). `purge()` hands every arena's free
+pages back to the OS at such a boundary (the chunked prefill calls it between chunks), and keeps
+the training steps' pages cached. A finite decay time (`dirty_decay_ms`) would return them too, but
+also the pages a long segment frees and re-uses within a step (docs/kernels.md, "The allocator").
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 import sysconfig
@@ -22,6 +31,9 @@ from stuffed_mamba import early_signals
 OFF_VAR = "STUFFED_MAMBA_JEMALLOC"
 _GUARD_VAR = "_STUFFED_MAMBA_REEXECUTED"  # set in the re-executed process: never re-execute twice
 MALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+# jemalloc >= 5's MALLCTL_ARENAS_ALL: "arena.<i>.purge" with this i purges every arena
+_ALL_ARENAS = 4096
+_mallctl = None  # jemalloc's mallctl, looked up once: None = not looked up, False = not there
 
 
 def find_jemalloc() -> str | None:
@@ -55,6 +67,31 @@ def reexec_under_jemalloc() -> None:
     sys.stderr.flush()
     # sys.orig_argv is the interpreter's own command line: the console script's path or `-m stuffed_mamba`
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
+def _find_mallctl():
+    global _mallctl
+    if _mallctl is None:
+        # the process's malloc is jemalloc only when preloaded; a library that links its own copy
+        # (prefixed symbols) is not what frees our tensors
+        fn = getattr(ctypes.CDLL(None), "mallctl", None) if _preloaded() else None
+        if fn is not None:
+            fn.restype = ctypes.c_int
+            fn.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+        _mallctl = fn or False
+    return _mallctl or None
+
+
+def purge() -> bool:
+    """Return the free pages of every jemalloc arena to the OS; False (and nothing done) under another malloc.
+
+    For phase boundaries where memory should not accumulate (the chunked prefill); the next use of
+    those pages page-faults them in again, once.
+    """
+    mallctl = _find_mallctl()
+    if mallctl is None:
+        return False
+    return mallctl(f"arena.{_ALL_ARENAS}.purge".encode(), None, None, None, 0) == 0
 
 
 def describe() -> str:
