@@ -94,8 +94,7 @@ def nothing_kept(cfg: DataConfig, reader, c: dict, shards: int) -> str:
 
 def _counts(c: dict, shards: int) -> str:
     if c["read"] == 0:
-        failed = c["shards_failed"]
-        return f"no document in its {shards} shard(s)" + (f" ({failed} unreadable)" if failed else "")
+        return f"no document in its {shards} shard(s)"
     dups = c["dropped_duplicate_listed"] + c["dropped_duplicate_stream"]
     bad = c["bad_json"] + c["bad_utf8"] + c["bad_content"] + c["bad_too_large"]
     unreadable = c["shards_failed"]
@@ -116,7 +115,7 @@ def _hint(cfg: DataConfig, reader, c: dict) -> str:
         return "its shards hold no lines: check data.source and data.listing"
     if c["read"] == 0:
         last = getattr(reader, "last_error", None)
-        return f"no shard could be read{f' (last error: {last})' if last else ''}: check data.source"
+        return f"{c['shards_failed']} shard(s) could not be read{f' (last error: {last})' if last else ''}: check data.source"
     if c["dropped_short"] and c["dropped_short"] + c["dropped_duplicate_stream"] >= c["read"] - c["dropped_empty"]:
         return f"lower data.min_doc_tokens (now {cfg.min_doc_tokens})"
     return reader.empty_hint(c)

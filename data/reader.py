@@ -75,16 +75,18 @@ def gzip_lines(raw, max_line_bytes: int):
         yield b"".join(pending)
 
 
-def shard_lines(source, tag: str, counters: dict, *, start_line: int = 0, max_line_bytes: int):
+def shard_lines(source, tag: str, counters: dict, *, start_line: int = 0, max_line_bytes: int, on_error=None):
     """(line index, bytes) for the lines of one shard from `start_line` on; shard-level outcomes
-    (read to the end, truncated, failed) are counted here."""
+    (read to the end, truncated, failed) are counted here; on_error(text) hears why one failed."""
     line = 0
     reopen = 0
     while True:
         try:
             raw = source.open(documents_path(tag), counters)
-        except Unavailable:
+        except Unavailable as e:
             counters["shards_failed"] += 1
+            if on_error is not None:
+                on_error(str(e))
             return
         try:
             with raw:
@@ -155,12 +157,16 @@ class RPv2Reader:
         # JSON escapes make a line at most ~6x its text ("\u0001"); the rest is metadata
         self.max_line_bytes = 6 * max_doc_bytes + (1 << 20)
         self.listed_dedup = listed_dedup
+        self.last_error = None  # why the last shard that failed did (for one-line errors)
 
     def __str__(self):
         return str(self.source)
 
     def empty_hint(self, counters) -> str:
         return "lower data.min_doc_tokens or check data.source"
+
+    def _failed(self, why: str) -> None:
+        self.last_error = why
 
     def open(self, tag: str, start: int, counters: dict):
         dups = None
@@ -171,7 +177,9 @@ class RPv2Reader:
         return self._documents(tag, start, counters, dups)
 
     def _documents(self, tag, start, counters, dups):
-        for line, raw in shard_lines(self.source, tag, counters, start_line=start, max_line_bytes=self.max_line_bytes):
+        lines = shard_lines(self.source, tag, counters, start_line=start, max_line_bytes=self.max_line_bytes,
+                            on_error=self._failed)  # fmt: skip
+        for line, raw in lines:
             doc_id = f"{tag}.json.gz/{line}"
             if dups is not None and doc_id in dups:
                 yield line, doc_id, None, "dropped_duplicate_listed"

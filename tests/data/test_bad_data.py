@@ -174,8 +174,9 @@ def test_sources_that_keep_no_document_are_one_line(files, capfd, tmp_path):
     (mirror / "listings").mkdir(parents=True)
     (mirror / "listings" / "en.txt").write_text("2023-06/0000/en_head\n")
     assert fit_fails(capfd, tmp_path / "run", f"data.source={mirror}", "data.batch_size=1") == (
-        f"stuffed-mamba fit: error: data: {mirror} yields no document: no document in its 1 shard(s) "
-        "(1 unreadable); no shard could be read: check data.source"
+        f"stuffed-mamba fit: error: data: {mirror} yields no document: no document in its 1 shard(s); 1 shard(s) "
+        "could not be read (last error: documents/2023-06/0000/en_head.json.gz: No such file or directory): "
+        "check data.source"
     )
 
 
