@@ -131,6 +131,10 @@ class TrainerSection:
     # barrier while rank 0 probes, so it must outlast the longest probe (its time_budget_s plus
     # the sample under way at 256K) and a checkpoint save.
     collective_timeout_s: float = 3600.0
+    # N consecutive ranks share every row, each holding T/N consecutive tokens of each segment
+    # (training/context_parallel.py): activation memory per rank falls by N; the data-parallel
+    # world is (devices x num_nodes) / N.
+    context_parallel: int = 1
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
 
 
@@ -377,6 +381,7 @@ def validate(cfg: RecipeConfig) -> None:
         f"must be a count >= 1 or 'auto', got {t.devices!r}",
     )
     _check(t.num_nodes >= 1, "trainer.num_nodes", f"must be >= 1, got {t.num_nodes}")
+    _check_context_parallel(cfg)
     _check(t.collective_timeout_s > 0, "trainer.collective_timeout_s", f"must be > 0, got {t.collective_timeout_s}")
     if cfg.probes.enabled:
         for f in dataclasses.fields(cfg.probes):
@@ -423,6 +428,31 @@ def validate(cfg: RecipeConfig) -> None:
             )
     for key in ("segments", "train_length", "batch_size"):
         _check(getattr(d, key) >= 1, f"data.{key}", f"must be >= 1, got {getattr(d, key)}")
+
+
+def _check_context_parallel(cfg: RecipeConfig) -> None:
+    n, t, d = cfg.trainer.context_parallel, cfg.trainer, cfg.data
+    _check(n >= 1, "trainer.context_parallel", f"must be >= 1, got {n}")
+    if n == 1:
+        return
+    if isinstance(t.devices, int):
+        world = t.devices * t.num_nodes
+        _check(
+            world % n == 0,
+            "trainer.context_parallel",
+            f"{n} must divide the world size trainer.devices x trainer.num_nodes = {world}",
+        )
+    _check(
+        d.train_length % n == 0,
+        "trainer.context_parallel",
+        f"each rank holds data.train_length/{n} tokens: data.train_length={d.train_length} is not divisible by {n}",
+    )
+    km1 = (cfg.model.d_conv or Mamba2Config.d_conv) - 1
+    _check(
+        d.train_length // n >= km1,
+        "trainer.context_parallel",
+        f"each rank's {d.train_length // n} tokens must cover the conv's d_conv-1 = {km1} (fewer ranks)",
+    )
 
 
 def mamba2_overrides(model: Any) -> dict:

@@ -60,6 +60,7 @@ def fit(
     import lightning as L
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+    from stuffed_mamba.training import context_parallel
     from stuffed_mamba.training.checkpoint import EpisodeCheckpoint, checkpoint_dir
     from stuffed_mamba.training.datamodule import EpisodeDataModule
     from stuffed_mamba.training.module import TBPTTModule
@@ -84,6 +85,7 @@ def fit(
     # 1. tokenizer and model (same seed on every rank: identical initial weights)
     tokenizer = _tokenizer(cfg)
     L.seed_everything(cfg.run.seed, workers=False, verbose=False)
+    context_parallel.install(cfg.trainer.context_parallel)  # the model's ops split over each group
     model = build_model(cfg, tokenizer)
     if point is not None:
         check_architecture(point, model.config)
@@ -91,11 +93,14 @@ def fit(
     # 2. callbacks, trainer, module, data
     callbacks, interrupt = _callbacks(cfg, run_dir, ckpt_dir, point, checkpoints, requeue, tokenizer, extra_callbacks)
     trainer = build_trainer(cfg, callbacks)
-    module = TBPTTModule(model, cfg.optim, log_every_n_steps=cfg.trainer.log_every_n_steps)
-    data = EpisodeDataModule(cfg.data, factory=loader_factory)
+    cp = cfg.trainer.context_parallel
+    module = TBPTTModule(model, cfg.optim, log_every_n_steps=cfg.trainer.log_every_n_steps, context_parallel=cp)
+    data = EpisodeDataModule(cfg.data, factory=loader_factory, context_parallel=cp)
     world_size = trainer.num_nodes * trainer.num_devices
+    if world_size % cp:
+        raise ConfigError(f"trainer.context_parallel: {cp} must divide the world size {world_size}")
     if loader_factory is None:
-        _check_data(cfg, world_size)
+        _check_data(cfg, world_size // cp)
     changes = recipe_changes(point.recipe, to_dict(cfg)) if point is not None else []
     for line in startup_report(
         cfg, model, world_size=world_size, resume_from=resume_from, recipe=recipe, changes=changes

@@ -20,6 +20,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from stuffed_mamba.training import context_parallel as cp
 from stuffed_mamba.training.backward import make_backward
 from stuffed_mamba.training.bptt import backward_episode
 from stuffed_mamba.training.config import OptimConfig
@@ -33,9 +34,12 @@ class NonFiniteLossError(RuntimeError):
 
 
 class TBPTTModule(L.LightningModule):
-    def __init__(self, model: torch.nn.Module, optim: OptimConfig, *, log_every_n_steps: int = 1):
+    def __init__(
+        self, model: torch.nn.Module, optim: OptimConfig, *, log_every_n_steps: int = 1, context_parallel: int = 1
+    ):
         super().__init__()
         self.model = model
+        self.context_parallel = context_parallel  # N ranks share each row (training/context_parallel.py)
         self.optim_cfg = optim
         self.log_every_n_steps = log_every_n_steps
         # Several backward passes per training_step and a schedule of our own.
@@ -57,6 +61,8 @@ class TBPTTModule(L.LightningModule):
         episode, _, _ = next(dataloader_iter)
         episode = episode.to(self.device, non_blocking=True)  # [B, S, T+1]
         inputs, labels = episode[..., :-1], episode[..., 1:]  # [B, S, T] each: labels[t] = inputs[t+1]
+        group = cp.group(self.context_parallel)
+        inputs, labels = cp.pieces(group, inputs, labels)  # this rank's T/N tokens of each segment
         B, S, T = inputs.shape
         opt = self.optimizers()
         step_per_segment = self.optim_cfg.optimizer_step == "segment"
@@ -73,22 +79,23 @@ class TBPTTModule(L.LightningModule):
 
         # A non-finite loss on any rank is back-propagated as NaN on every rank (the same calls
         # everywhere), so the step skips under every strategy: clip norm, DeepSpeed's overflow check.
-        losses, state = backward_episode(
-            self.model,
-            inputs,
-            labels,
-            mode=self.optim_cfg.bptt,
-            backward=backward,
-            all_finite=self._finite_on_every_rank,
-            scale=1.0 if step_per_segment else None,
-            return_state=True,
-        )
-        losses = losses.cpu()
+        with cp.split_over(group):
+            losses, state = backward_episode(
+                self.model,
+                inputs,
+                labels,
+                mode=self.optim_cfg.bptt,
+                backward=backward,
+                all_finite=self._finite_on_every_rank,
+                scale=1.0 if step_per_segment else None,
+                return_state=True,
+            )
+        losses = cp.group_mean(losses, group).cpu()
         if not step_per_segment:
             self._optimizer_step(opt)  # the gradient of the episode's mean loss
 
         self.episodes_done += 1
-        self.tokens_seen += B * S * T * self.trainer.world_size
+        self.tokens_seen += B * S * T * self.trainer.world_size  # T: this rank's piece, each token once
         finite = losses[torch.isfinite(losses)]
         self.last_loss = float(finite.mean()) if finite.numel() else None
         # optimiser steps, like every other *_every_n_steps: log when this episode crossed a multiple

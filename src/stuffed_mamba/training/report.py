@@ -21,7 +21,8 @@ def startup_report(
     n_s = pred["state_size"]
     ssm = c.ssm_state_size
     B, S, T = d.batch_size, d.segments, d.train_length
-    per_step = B * T * world_size if o.optimizer_step == "segment" else B * S * T * world_size
+    data_world = world_size // t.context_parallel  # the ranks of a context-parallel group share rows
+    per_step = B * T * data_world if o.optimizer_step == "segment" else B * S * T * data_world
     max_steps = t.max_steps if t.max_steps is not None else o.total_steps
     lines = [
         f"recipe       {recipe or '(none)'}",
@@ -31,7 +32,12 @@ def startup_report(
         f"parameters   {n_params:,} ({_human(n_params)})"
         f"{'; init from ' + cfg.model.init_from if cfg.model.init_from else '; from scratch (seed ' + str(cfg.run.seed) + ')'}",
         f"state size   N_S = {n_s:,} floats ({n_s / 1e6:.3f}M: SSM {ssm:,} + conv {n_s - ssm:,})",
-        f"episode      {B} rows x {S} segments x T_train={T} tokens per rank; {world_size} rank(s)",
+        f"episode      {B} rows x {S} segments x T_train={T} tokens per rank; {world_size} rank(s)"
+        + (
+            f", context parallel: {t.context_parallel} ranks share each row, {T // t.context_parallel} tokens each"
+            if t.context_parallel > 1
+            else ""
+        ),
         f"tokens/step  {per_step:,} (optimizer_step: {o.optimizer_step})",
         "gradient     " + _horizon(o.bptt, S, T),
         f"schedule     AdamW lr {o.lr:g} wd {o.weight_decay:g} clip {o.grad_clip:g}; WSD warm-up {o.warmup_steps}, "
