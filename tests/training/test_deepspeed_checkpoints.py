@@ -93,6 +93,20 @@ def test_readers_give_the_engines_fp32_master_weights(engine_folders, stage):
 
 
 @pytest.mark.parametrize("stage", [2, 3])
+def test_doctor_reads_a_deepspeed_folder_through_model_io(engine_folders, stage, monkeypatch):
+    import stuffed_mamba.model.io as io
+    from stuffed_mamba.training.doctor.tiny_fit import _eval_read
+
+    master = torch.load(engine_folders / f"zero{stage}_master.pt", weights_only=True)
+    given, real = [], io.load_checkpoint
+    monkeypatch.setattr(io, "load_checkpoint", lambda *a, **k: given.append(real(*a, **k)) or given[-1])
+    assert _eval_read(engine_folders / f"zero{stage}") == (2, "DeepSpeed folder")
+    assert len(given) == 1
+    for name, value in given[0].model.named_parameters():
+        assert torch.equal(value, master["model." + name]), name
+
+
+@pytest.mark.parametrize("stage", [2, 3])
 def test_export_of_a_deepspeed_folder_writes_the_master_weights(engine_folders, stage, tmp_path, capsys):
     master = torch.load(engine_folders / f"zero{stage}_master.pt", weights_only=True)
     assert main(["export", str(engine_folders / f"zero{stage}"), str(tmp_path / "out")]) == 0
