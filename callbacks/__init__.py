@@ -3,48 +3,40 @@
 `build_callbacks(recipe.probes, tokenizer=..., data_cfg=recipe.data, run_dir=recipe.run.dir)`
 turns the recipe's `probes:` section into one callback per enabled probe of the registry
 (`stuffed_mamba.probes.registry`) plus the "forgetting" dashboard layout; add them to the
-`Trainer`. Each callback expects `pl_module.model` to be the `Mamba2LM`.
+`Trainer`. Each callback expects `pl_module.model` to be the `Mamba2LM`. Also here: the training
+progress bar (`StepProgressBar`). This package is the Lightning layer: importing it imports Lightning.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from stuffed_mamba.probes.registry import Context, all_probes, as_probes_config
+from stuffed_mamba.probes.registry import Context, ProbesConfig, all_probes, as_probes_config
+
+from .base import ProbeCallback
+from .dashboard import ForgettingDashboard
+from .probe import (
+    PasskeyCallback,
+    PositionLossCallback,
+    RegistryProbeCallback,
+    RetentionCallback,
+    StateStatsCallback,
+    callback_for,
+)
+from .progress import StepProgressBar
 
 __all__ = [
     "ProbesConfig",
     "build_callbacks",
+    "ProbeCallback",
     "PasskeyCallback",
     "RetentionCallback",
     "StateStatsCallback",
     "PositionLossCallback",
     "RegistryProbeCallback",
     "ForgettingDashboard",
+    "StepProgressBar",
 ]
-
-_LAZY = {
-    "PasskeyCallback": ".probe",
-    "RetentionCallback": ".probe",
-    "StateStatsCallback": ".probe",
-    "PositionLossCallback": ".probe",
-    "RegistryProbeCallback": ".probe",
-    "ForgettingDashboard": ".dashboard",
-    "ProbeCallback": ".base",
-}
-
-
-def __getattr__(name: str):
-    # Lightning is imported only when a callback class is asked for
-    if name == "ProbesConfig":
-        from stuffed_mamba.probes.registry import ProbesConfig
-
-        return ProbesConfig
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_callbacks(probes_cfg: Any, *, tokenizer, data_cfg, run_dir: str | None = None) -> list:
@@ -55,9 +47,6 @@ def build_callbacks(probes_cfg: Any, *, tokenizer, data_cfg, run_dir: str | None
     data_cfg: the recipe's `data` section: `train_length` (T_train), and `source` and
         `listing` for the evaluation text (read lazily, on rank 0, at the first probe).
     """
-    from .dashboard import ForgettingDashboard
-    from .probe import callback_for
-
     cfg = as_probes_config(probes_cfg)
     if not cfg.enabled:
         return []

@@ -74,7 +74,8 @@ def _named(class_name: str, probe_name: str) -> type:
     return type(class_name, (RegistryProbeCallback,), {"probe_name": probe_name, "__module__": __name__})
 
 
-# the four probes' historical class names (a new probe needs none: build_callbacks makes a RegistryProbeCallback)
+# the four probes' callbacks under the names of the design's contract (DESIGN.md section 6); a new
+# probe needs no class of its own: build_callbacks makes a RegistryProbeCallback for it
 PasskeyCallback = _named("PasskeyCallback", "passkey")
 RetentionCallback = _named("RetentionCallback", "retention")
 StateStatsCallback = _named("StateStatsCallback", "states")

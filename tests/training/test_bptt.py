@@ -215,7 +215,7 @@ def _global_batch_fit(out, devices: int, bptt: str = "full"):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LOCAL_RANK", "WORLD_SIZE", "RANK"))}
     env["OMP_NUM_THREADS"] = "1"
     r = subprocess.run(
-        [sys.executable, "-m", "tests.training.global_batch_fit", str(out), "--devices", str(devices), "--bptt", bptt],
+        [sys.executable, "-m", "tests.scripts.global_batch_fit", str(out), "--devices", str(devices), "--bptt", bptt],
         capture_output=True,
         text=True,
         timeout=600,

@@ -100,7 +100,7 @@ def run(run_dir, *extra, kill: str | None = None):
         [
             sys.executable,
             "-m",
-            "tests.training.ds_kill",
+            "tests.scripts.ds_kill",
             "fit",
             "recipes/tiny_cpu.yaml",
             *OVERRIDES,

@@ -47,7 +47,7 @@ EPISODE = "optim.optimizer_step=episode"
 
 
 def fit(run_dir: Path, *args: str, returncode: int = 0) -> str:
-    """`python -m tests.training.hooked_fit [hooks] fit recipes/tiny_cpu.yaml ...`; its stdout and stderr.
+    """`python -m tests.scripts.hooked_fit [hooks] fit recipes/tiny_cpu.yaml ...`; its stdout and stderr.
     Hooks are the arguments starting with `--` (`--name=value` for those with a value)."""
     hooks = [a for a in args if a.startswith("--")]
     overrides = [a for a in args if not a.startswith("--")]
@@ -57,7 +57,7 @@ def fit(run_dir: Path, *args: str, returncode: int = 0) -> str:
         [
             sys.executable,
             "-m",
-            "tests.training.hooked_fit",
+            "tests.scripts.hooked_fit",
             *hooks,
             "fit",
             "recipes/tiny_cpu.yaml",

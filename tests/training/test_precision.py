@@ -1,6 +1,6 @@
 """Precision policy: under every strategy the forward reads `A_log`, `dt_bias`, `D` in fp32 and keeps
 the SSM state in fp32, while in_proj / out_proj compute in bf16 under `bf16-mixed`; the checkpoint holds
-fp32 parameters. Seen from inside the forward (tests/training/dtype_spy.py hooks), single device, DDP and
+fp32 parameters. Seen from inside the forward (tests/scripts/dtype_spy.py hooks), single device, DDP and
 the real DeepSpeed engine (2 ranks, gloo)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from stuffed_mamba.ops.ssd import ssd, ssd_step
 from stuffed_mamba.training.config import ConfigError, load_recipe
 from stuffed_mamba.training.strategy import deepspeed_config
-from tests.training import dtype_spy
+from tests.scripts import dtype_spy
 from tests.training.common import TINY_MODEL, load_ckpt, tiny_recipe
 from tests.training.fakes import FakeEpisodeLoader
 
@@ -119,7 +119,7 @@ def run_two_ranks(tmp_path, strategy):
         [
             sys.executable,
             "-m",
-            "tests.training.dtype_spy",
+            "tests.scripts.dtype_spy",
             "fit",
             "recipes/tiny_cpu.yaml",
             *OVERRIDES,

@@ -167,7 +167,8 @@ def _sweep(args) -> int:
     )
     bad = [r["cell"] for r in rows if r.get("status") not in ("ok", "not_fitted")]
     if not args.no_analyze and args.cell is None:
-        from stuffed_mamba.analysis.scaling import analyze, format_report
+        from stuffed_mamba.analysis.scaling import analyze
+        from stuffed_mamba.analysis.scaling_tables import format_report
 
         try:
             rep = analyze(results_path(recipe), recipe.out_dir)
@@ -181,7 +182,8 @@ def _sweep(args) -> int:
 
 
 def _scaling(args) -> int:
-    from stuffed_mamba.analysis.scaling import analyze, format_markdown, format_report
+    from stuffed_mamba.analysis.scaling import analyze
+    from stuffed_mamba.analysis.scaling_tables import format_markdown, format_report
     from stuffed_mamba.cli import CLIError
 
     out = args.out

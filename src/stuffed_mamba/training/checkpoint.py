@@ -190,7 +190,7 @@ def _settle(path: Path) -> None:
 
 
 def _test_hook(moment: str) -> None:
-    """Tests stop a save at a given moment by patching this (tests/training/ds_kill.py)."""
+    """Tests stop a save at a given moment by patching this (tests/scripts/ds_kill.py)."""
 
 
 def _remove(p: Path) -> None:

@@ -2,7 +2,7 @@
 
 In-process: `records = []; handles = install(records)` (then `for h in handles: h.remove()`).
 Subprocess (every rank of DDP or the real DeepSpeed engine): `STUFFED_MAMBA_TEST_DTYPES=DIR python -m
-tests.training.dtype_spy fit RECIPE ...` writes `DIR/rank{R}.json`, the record of that rank's first
+tests.scripts.dtype_spy fit RECIPE ...` writes `DIR/rank{R}.json`, the record of that rank's first
 training forward of a mixer. Lightning re-launches the same module for the other ranks.
 """
 

@@ -1,9 +1,9 @@
 """Test-only: `stuffed-mamba fit` in 2-rank subprocesses with test hooks that must exist on every rank.
 
-    python -m tests.training.hooked_fit [--deepspeed-cpu] [--count-allreduce] [--nan-calls A:B]
+    python -m tests.scripts.hooked_fit [--deepspeed-cpu] [--count-allreduce] [--nan-calls A:B]
                                         [--inf-grad-calls A:B] RECIPE key=value ...
 
-Lightning re-launches `python -m tests.training.hooked_fit <same arguments>` for the other ranks,
+Lightning re-launches `python -m tests.scripts.hooked_fit <same arguments>` for the other ranks,
 so every rank gets the same hooks. Results a test reads go to `run.dir/hooks/`:
 - `--deepspeed-cpu`: the real DeepSpeed engine on the CPU (tests/deepspeed_cpu.py).
 - `--count-allreduce`: DDP gradient all-reduces (comm-hook calls) per episode, one line per

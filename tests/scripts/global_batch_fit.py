@@ -1,6 +1,6 @@
 """Test-only: TBPTTModule on the CPU with 1 or 2 DDP ranks over one fixed global batch per episode.
 
-    python -m tests.training.global_batch_fit OUT --devices N [--bptt full] [--episodes K]
+    python -m tests.scripts.global_batch_fit OUT --devices N [--bptt full] [--episodes K]
 
 Episode i is a global batch [4, S, T+1] that depends on i alone; with N ranks, rank r trains on
 rows r*4/N .. (r+1)*4/N - 1 of it. DDP averages the ranks' gradients of their row means, which is
@@ -18,8 +18,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from tests.scripts.hooked_fit import CountAllReduce
 from tests.training.common import bare_trainer, tiny_module
-from tests.training.hooked_fit import CountAllReduce
 
 GLOBAL_BATCH, S, T, VOCAB = 4, 3, 21, 32
 

@@ -1,4 +1,4 @@
-"""Test-only: `python -m tests.training.ds_kill fit ...` is `python -m tests.deepspeed_cpu fit ...` plus a
+"""Test-only: `python -m tests.scripts.ds_kill fit ...` is `python -m tests.deepspeed_cpu fit ...` plus a
 SIGKILL of the whole run (the process group, as Slurm kills a job) at one moment of a checkpoint save:
 
     STUFFED_MAMBA_TEST_KILL=write:N            rank 0 inside DeepSpeed's N-th save, after the model
@@ -6,7 +6,7 @@ SIGKILL of the whole run (the process group, as Slurm kills a job) at one moment
     STUFFED_MAMBA_TEST_KILL=between_renames:N  between `last.ckpt -> .old` and `.tmp -> last.ckpt`,
                                                the N-th time a folder is renamed into place
 
-Lightning re-launches `python -m tests.training.ds_kill ...` for the other ranks, so all get the shims.
+Lightning re-launches `python -m tests.scripts.ds_kill ...` for the other ranks, so all get the shims.
 """
 
 from __future__ import annotations
