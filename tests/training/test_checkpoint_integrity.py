@@ -17,6 +17,8 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -329,3 +331,112 @@ def test_resume_auto_over_folders_takes_the_newest_intact_one(tmp_path):
     assert lines[-1].endswith(f"resuming from {old} at step 6: 3 optimiser step(s) lost")
     with pytest.raises(ConfigError, match=r"^run.resume: .*last.ckpt/checkpoint/zero_pp_rank_0.*: damaged checkpoint"):
         ck.resolve_resume(str(last), tmp_path)
+
+
+# ------------------------------------------------------------------------------ real DeepSpeed folders (slow)
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+DS_FIT = [
+    "recipes/tiny_cpu.yaml",
+    *(f"model.{k}={v}" for k, v in TINY_MODEL.items() if k != "vocab_size"),
+    "data.train_length=32",
+    f"data.segments={S}",
+    "data.batch_size=2",
+    "data.min_doc_tokens=1024",
+    "trainer.strategy=deepspeed",
+    "trainer.devices=2",
+    "trainer.accelerator=cpu",
+    "probes.enabled=false",
+    "trainer.enable_progress_bar=false",
+    f"run.checkpoint_every_n_steps={S}",
+    f"run.keep_every_n_steps={S}",
+]
+
+
+def _python(*argv, env=ENV):
+    return subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, env=env, timeout=1200)
+
+
+@pytest.fixture(scope="session")
+def engine_folders(tmp_path_factory) -> Path:
+    """`OUT/zero{1,2,3}/`: folders the real engine wrote (2 ranks), sealed as `save_atomically` seals
+    them (tests/training/deepspeed_folders.py)."""
+    out = tmp_path_factory.mktemp("ds_stages")
+    r = _python("tests.training.deepspeed_folders", str(out), env={**ENV, "STAGES": "1,2,3"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    for stage in (1, 2, 3):
+        seal_folder(out / f"zero{stage}", 2)
+    return out
+
+
+def ds_shard(folder: Path) -> str:
+    """Rank 0's optimizer shard (`bf16_zero_pp_rank_0_...` under ZeRO-1 with bf16)."""
+    (name,) = [p.name for p in (folder / "checkpoint").glob("*zero_pp_rank_0_*optim_states.pt")]
+    return f"checkpoint/{name}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [1, 2, 3])
+@pytest.mark.parametrize("how", ["missing", "truncated", "foreign"])
+def test_a_damaged_deepspeed_folder_is_one_line_from_resume_eval_and_export(
+    engine_folders, tmp_path, capsys, stage, how
+):
+    folder = shutil.copytree(engine_folders / f"zero{stage}", tmp_path / "run" / "checkpoints" / ck.LAST)
+    verify_checkpoint(folder)
+    shard = ds_shard(folder)
+    if how == "missing":
+        (folder / shard).unlink()
+    elif how == "truncated":
+        (folder / shard).write_bytes((folder / shard).read_bytes()[:-4096])
+    else:  # the file of the same name from another stage's checkpoint
+        other = engine_folders / f"zero{stage % 3 + 1}"
+        shutil.copy(other / ds_shard(other), folder / shard)
+    with pytest.raises(CheckpointDamaged) as e:
+        verify_checkpoint(folder)
+    expected = {"missing": "missing: ", "truncated": "truncated: ", "foreign": ""}[how]
+    assert str(e.value).startswith(f"{folder / shard}: damaged checkpoint ({expected}")
+    if how == "foreign" and (folder / shard).stat().st_size != (engine_folders / f"zero{stage}" / shard).stat().st_size:
+        assert "bytes, the folder's manifest says" in str(e.value)
+
+    run_dir, out = tmp_path / "run", tmp_path / "out"
+    before = tree_hash(run_dir)
+    assert main([*FIT, "trainer.strategy=deepspeed", f"run.dir={run_dir}", f"run.resume={folder}"]) == 2
+    assert f"error: run.resume: {folder / shard}: damaged checkpoint (" in one_line_error(capsys)
+    assert main(["eval", "states", "--checkpoint", str(folder), "--out", str(out), "--no-progress"]) == 2
+    assert f"{folder / shard}: damaged checkpoint (" in one_line_error(capsys)
+    assert main(["export", str(folder), str(out)]) == 2
+    assert f"{folder / shard}: damaged checkpoint (" in one_line_error(capsys)
+    assert tree_hash(run_dir) == before and not out.exists()
+
+
+@pytest.mark.slow
+def test_fit_under_deepspeed_seals_its_folders_and_resume_auto_falls_back_past_a_damaged_one(tmp_path):
+    r = _python("tests.deepspeed_cpu", "fit", *DS_FIT, f"run.dir={tmp_path}", f"trainer.max_steps={3 * S}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpts = tmp_path / "checkpoints"
+    assert sorted(os.listdir(ckpts)) == [ck.LAST] + [f"step-{s:07d}.ckpt" for s in (S, 2 * S, 3 * S)]
+    for p in ckpts.iterdir():
+        manifest = json.loads((p / ck.COMPLETE).read_text())
+        files = sorted(q.relative_to(p).as_posix() for q in p.rglob("*") if q.is_file() and q.name != ck.COMPLETE)
+        assert sorted(manifest["files"]) == files and len(files) >= 4  # latest, model states, 2 optimizer shards
+        for name in files:
+            want = manifest["files"][name]
+            assert want["bytes"] == (p / name).stat().st_size
+            assert want["digest"] == "xxh3_128:" + xxhash.xxh3_128((p / name).read_bytes()).hexdigest()
+        verify_checkpoint(p)
+    assert manifest_step(ckpts / ck.LAST) == 3 * S
+
+    # last.ckpt and its step-9 copy lose a shard: auto continues from step 6, says so, ends sealed
+    for name in (ck.LAST, f"step-{3 * S:07d}.ckpt"):
+        (ckpts / name / ds_shard(ckpts / name)).unlink()
+    r = _python(
+        "tests.deepspeed_cpu", "fit", *DS_FIT, f"run.dir={tmp_path}", "run.resume=auto", f"trainer.max_steps={4 * S}"
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    said = [line for line in r.stdout.splitlines() if line.startswith("run.resume=auto:")]
+    assert len(said) == 1 and said[0].startswith(f"run.resume=auto: {ckpts / ck.LAST / ds_shard(ckpts / ck.LAST)}:")
+    assert said[0].endswith(
+        f"resuming from {ckpts / f'step-{2 * S:07d}.ckpt'} at step {2 * S}: {S} optimiser step(s) lost"
+    )
+    verify_checkpoint(ckpts / ck.LAST)
+    assert manifest_step(ckpts / ck.LAST) == 4 * S
