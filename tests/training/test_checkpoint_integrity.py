@@ -235,6 +235,24 @@ def test_resume_auto_refuses_to_start_over_when_no_checkpoint_is_intact(sealed_r
     assert tree_hash(run_dir) == before
 
 
+def test_a_sealed_tmp_file_is_the_newest_complete_checkpoint(sealed_run, tmp_path):
+    """Killed between the seal and the rename: `last.ckpt.tmp` is whole and newer than last.ckpt;
+    an unsealed one (killed while Lightning wrote it) is not a checkpoint."""
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    last, tmp = ckpts / ck.LAST, ckpts / (ck.LAST + ".tmp")
+    shutil.copy(sealed_run / "checkpoints" / f"step-{STEPS - S:07d}.ckpt", last)
+    shutil.copy(sealed_run / "checkpoints" / ck.LAST, tmp)
+    assert ck.resolve_resume("auto", tmp_path) == str(tmp)
+    ck._settle(last)
+    assert os.listdir(ckpts) == [ck.LAST] and manifest_step(last) == STEPS
+
+    tmp.write_bytes(strip_manifest(last.read_bytes()))
+    assert ck.resolve_resume("auto", tmp_path) == str(last)
+    ck._settle(last)
+    assert os.listdir(ckpts) == [ck.LAST]
+
+
 # ------------------------------------------------------------------------------ folders
 
 
