@@ -78,7 +78,7 @@ def retention_curves(alpha: torch.Tensor, train_length: int | None = None, max_l
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.2 * rows), squeeze=False, sharex=True, sharey=True)
     idx = _thin(T)
     t = idx + 1
-    for ax, l in zip(axes.flat, layers, strict=True):
+    for ax, l in zip(axes.flat, layers, strict=False):  # the grid may have spare panels, turned off below
         ax.plot(t, alpha[l][:, idx].T.float().numpy(), lw=0.8)
         if train_length is not None:
             ax.axvline(train_length, color="red", ls=":", lw=1)
