@@ -1,12 +1,15 @@
 """Preflight checks of `stuffed-mamba doctor RECIPE [key=value ...]`: what a minute on the machine
 where a job will run can show before the job spends a day finding it out.
 
-One function per check, in this order; each returns a one-line detail or raises `Fail(reason)` /
-`Skip(reason)`; `run_checks` times them and turns any other exception into a failing line with its
+One function per check, in this order; each returns a one-line detail or raises `Fail(reason)`,
+`Warn(what was substituted)` (it ran, but not as the recipe asks: another strategy, backend or
+accelerator; never ok) or `Skip(reason)`; `run_checks` times them and turns any other exception into a failing line with its
 first line, never a traceback:
 
-    recipe      the recipe and overrides validate (the rest is skipped if not)       checks.py
-    tokenizer   `data.tokenizer` loads                                                checks.py
+    recipe      the recipe and overrides validate (the rest is skipped if not); WARN  checks.py
+                when this machine lacks the GPUs it asks for
+    tokenizer   `data.tokenizer` loads (a hub name: the hub is asked once, 3 s; if   checks.py
+                it does not answer, HF_HUB_OFFLINE=1 for the rest: the cache only)
     data        `data.source` answers: its listing, and the first document of its    checks.py
                 first shard
     init_from   `model.init_from` loads and agrees with the recipe (or is absent)     checks.py
@@ -19,6 +22,8 @@ first line, never a traceback:
                 precision and backend on the available devices: one episode, a
                 checkpoint, `run.resume=auto` for the second, then the checkpoint
                 read back as `eval` reads it. Real `stuffed-mamba fit` processes.
+                WARN naming each substitute (accelerator, strategy, backend) when
+                this machine cannot run the recipe's
     memory      free memory per device against the estimate of                       memory.py
                 `stuffed_mamba.analysis.memory` for the recipe
 
@@ -34,7 +39,7 @@ from collections.abc import Callable
 from stuffed_mamba.errors import first_line
 from stuffed_mamba.training.doctor.checks import check_data, check_init_from, check_recipe, check_tokenizer
 from stuffed_mamba.training.doctor.collective import check_collective
-from stuffed_mamba.training.doctor.context import Context, Fail, Result, Skip
+from stuffed_mamba.training.doctor.context import Context, Fail, Result, Skip, Warn
 from stuffed_mamba.training.doctor.kernels import check_kernels
 from stuffed_mamba.training.doctor.memory import check_memory
 from stuffed_mamba.training.doctor.tiny_fit import check_fit
@@ -45,6 +50,7 @@ __all__ = [
     "Fail",
     "Result",
     "Skip",
+    "Warn",
     "check_collective",
     "check_data",
     "check_fit",
@@ -80,6 +86,9 @@ def run_checks(
                 raise Skip("skipped on request (--skip)")
             status, detail = "ok", check(ctx)
             ctx.passed.add(name)
+        except Warn as e:
+            status, detail = "WARN", str(e)
+            ctx.passed.add(name)  # it ran: the checks that need it run too
         except Skip as e:
             status, detail = "skip", str(e)
         except Fail as e:

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from stuffed_mamba.errors import first_line
-from stuffed_mamba.training.doctor.context import TINY_MODEL, Context, Fail, device_count
+from stuffed_mamba.training.doctor.context import TINY_MODEL, Context, Fail, Warn, device_count
 from stuffed_mamba.training.result import FitResult, read_result
 
 FIT_SEGMENTS, FIT_LENGTH = 2, 32
@@ -23,21 +23,22 @@ def check_fit(ctx: Context) -> str:
     ctx.need("recipe")
     cfg = ctx.cfg
     t = cfg.trainer
-    strategy, notes = t.strategy, []
+    strategy, substituted = t.strategy, []
     if ctx.cuda:
         accelerator, devices = "gpu", min(device_count(t.devices, ctx.cuda), ctx.cuda)
     else:
         accelerator, devices = "cpu", min(device_count(t.devices, 2), 2)
-        notes.append(f"no CUDA: {devices} CPU process(es)")
+        if t.accelerator in ("gpu", "cuda"):
+            substituted.append(f"accelerator cpu for {t.accelerator} (no CUDA device): {devices} CPU process(es)")
         if strategy == "deepspeed":
             strategy = "ddp"
-            notes.append("DeepSpeed needs CUDA (Lightning refuses a CPU accelerator): ran under ddp instead")
+            substituted.append("strategy ddp for deepspeed (DeepSpeed needs CUDA: Lightning refuses a CPU accelerator)")
     if strategy == "auto" and devices > 1:
         strategy = "ddp"
     backend = cfg.model.backend
     if backend != "torch" and "kernels" not in ctx.passed:
         backend = "torch"
-        notes.append(f"torch backend ({cfg.model.backend} kernels unavailable, see above)")
+        substituted.append(f"backend torch for {cfg.model.backend} (its kernels failed above)")
     per_episode = FIT_SEGMENTS if cfg.optim.optimizer_step == "segment" else 1
 
     with tempfile.TemporaryDirectory(prefix="stuffed-mamba-doctor-") as tmp:
@@ -54,12 +55,13 @@ def check_fit(ctx: Context) -> str:
         if second.global_step != 2 * per_episode:
             raise Fail(f"resume: ended at optimiser step {second.global_step}, expected {2 * per_episode}")
         step, kind = _eval_read(last)
-    notes.insert(
-        0,
+    ran = (
         f"{strategy}, {t.precision}, backend {backend}: 2 episodes, loss {_loss(first)} -> {_loss(second)}; "
-        f"{kind} checkpoint saved, resumed, read back at step {step}",
+        f"{kind} checkpoint saved, resumed, read back at step {step}"
     )
-    return "; ".join(notes)
+    if substituted:
+        raise Warn(f"not as the recipe asks: {'; '.join(substituted)}. Ran {ran}")
+    return ran
 
 
 def _tiny_overrides(run_dir: Path, backend, accelerator, devices, strategy, per_episode) -> list[str]:
