@@ -42,6 +42,7 @@ def startup_report(
         "gradient     " + _horizon(o.bptt, S, T),
         f"schedule     AdamW lr {o.lr:g} wd {o.weight_decay:g} clip {o.grad_clip:g}; WSD warm-up {o.warmup_steps}, "
         f"total {o.total_steps}, {o.decay} decay over the last {o.decay_fraction:.0%}; this job stops at step {max_steps}",
+        "covers       " + _coverage(o.total_steps, o.optimizer_step, S, per_step),
         f"trainer      strategy {t.strategy}, precision {t.precision}, accelerator {t.accelerator}, "
         f"devices {t.devices}, nodes {t.num_nodes}",
         f"allocator    {describe_allocator()}",
@@ -57,7 +58,40 @@ def startup_report(
     warning = forget_threshold_warning(c, T, segments=S, bptt=o.bptt)
     if warning:
         lines.append("WARNING: " + warning)
+    warning = schedule_unit_warning(cfg, recipe)
+    if warning:
+        lines.append("WARNING: " + warning)
     return lines
+
+
+def _coverage(steps: int, unit: str, S: int, per_step: int) -> str:
+    """What `steps` optimiser steps of `unit` ("segment" | "episode") train on: episodes and tokens."""
+    episodes = steps / S if unit == "segment" else steps
+    return f"the schedule's {steps:,} {unit} steps = {episodes:,g} episodes, {steps * per_step:,} tokens"
+
+
+def schedule_unit_warning(cfg: RecipeConfig, recipe: str | None) -> str | None:
+    """One line when the recipe file counts its schedule in segment steps but this run steps once per
+    episode (an override, e.g. for optim.bptt=full) and keeps the file's optim.total_steps: the same
+    number now means S times the episodes and tokens."""
+    from stuffed_mamba.training.config import ConfigError, load_recipe
+
+    o = cfg.optim
+    if recipe is None or o.optimizer_step != "episode":
+        return None
+    try:
+        written = load_recipe(recipe).optim
+    except (ConfigError, OSError):
+        return None
+    if written.optimizer_step != "segment" or written.total_steps != o.total_steps:
+        return None
+    S = cfg.data.segments
+    return (
+        f"optim.total_steps={o.total_steps} is written in {recipe} for optimizer_step segment "
+        f"({o.total_steps / S:g} episodes) but this run steps once per episode: it covers {o.total_steps} episodes, "
+        f"{S}x the tokens. For the recipe's tokens add optim.total_steps={max(1, round(o.total_steps / S))} "
+        f"optim.warmup_steps={max(1, round(o.warmup_steps / S))}"
+    )
 
 
 def _horizon(bptt: str, S: int, T: int) -> str:
