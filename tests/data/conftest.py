@@ -1,9 +1,10 @@
 import shutil
 import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from stuffed_mamba.data.mirror import write_documents, write_listing
+
+from tests.helpers import QuietFiles, serve
 
 from .mirror import build_mirror, rec, text, write_corpus
 
@@ -40,13 +41,7 @@ def http_mirror(tmp_path_factory, mirror):
     release = threading.Event()
     seen = {"flaky": 0}
 
-    class Handler(SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, directory=str(root), **kw)
-
-        def log_message(self, *a):
-            pass
-
+    class Handler(QuietFiles):
         def do_GET(self):
             if self.path.endswith(f"{NOT_FOUND}.json.gz"):
                 return self.send_error(404)
@@ -67,13 +62,8 @@ def http_mirror(tmp_path_factory, mirror):
                     return
             return super().do_GET()
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield {"root": root, "url": f"http://127.0.0.1:{server.server_address[1]}", "seen": seen}
-    finally:
-        release.set()
-        server.shutdown()
-        server.server_close()
+    with serve(root, Handler) as url:
+        try:
+            yield {"root": root, "url": url, "seen": seen}
+        finally:
+            release.set()  # before the server stops: its stalled handlers wait for it

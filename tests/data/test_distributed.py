@@ -1,10 +1,11 @@
 """Finite epochs under torch.distributed: ranks that run dry at different episodes stop together."""
 
 import os
-import socket
 
 import torch.multiprocessing as mp
 from stuffed_mamba.data import DataConfig, build_dataloader
+
+from tests.helpers import free_port
 
 
 def _cfg(corpus):
@@ -26,9 +27,7 @@ def _rank(rank, port, corpus, out):
 def test_ranks_stop_together(corpus):
     alone = [sum(1 for _ in build_dataloader(_cfg(corpus), rank=r, world_size=2)) for r in range(2)]
     assert alone[0] != alone[1]  # the two ranks' shards hold different amounts of text
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = mp.Manager().dict()
     mp.start_processes(_rank, args=(port, str(corpus), out), nprocs=2, join=True, start_method="fork")
     assert out[0] == out[1] == min(alone)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from stuffed_mamba.ops.naive import ssd_naive
 from tests.helpers import rel_err
-from tests.kernels.references import ssd_naive
 
 
 def _inputs(b=2, T=40, h=4, p=8, g=2, n=16, dtype=torch.float32):

@@ -2,12 +2,12 @@ import pytest
 import torch
 
 from stuffed_mamba.model import Mamba2Config, Mamba2LM
+from tests import helpers
 
 
 def tiny_config(**kw) -> Mamba2Config:
-    base = dict(d_model=32, n_layer=2, vocab_size=100, d_state=8, headdim=8, ngroups=2, chunk_size=16)
-    base.update(kw)
-    return Mamba2Config(**base)
+    """The kit's tiny model with 2 groups of smaller heads (group and head handling are tested here)."""
+    return helpers.tiny_config(**{"vocab_size": 100, "d_state": 8, "headdim": 8, "ngroups": 2, **kw})
 
 
 def randomise_ssm_params(model: Mamba2LM, seed: int = 0) -> Mamba2LM:

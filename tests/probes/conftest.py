@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from stuffed_mamba.model import Mamba2Config, Mamba2LM
+from tests import helpers
 
 
 class ByteTok:
@@ -57,9 +58,8 @@ def bpe_tok():
 
 
 def tiny_config(**kw) -> Mamba2Config:
-    base = dict(d_model=32, n_layer=2, vocab_size=257, d_state=8, headdim=8, ngroups=1, chunk_size=16)
-    base.update(kw)
-    return Mamba2Config(**base)
+    """The kit's tiny model over the byte vocabulary, with smaller heads (fast probes)."""
+    return helpers.tiny_config(**{"vocab_size": 257, "d_state": 8, "headdim": 8, **kw})
 
 
 def make_tiny_lm(seed: int = 0, **kw) -> Mamba2LM:

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.helpers import free_port
+
 SLURM_PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "scancel")
 FINAL_STATES = {
@@ -66,12 +68,6 @@ def ensure_installed() -> None:
     missing = [d for d in DAEMONS if not shutil.which(d)]
     if missing:
         raise SlurmUnavailable(f"still missing after apt-get: {', '.join(missing)}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _host_size() -> str:
@@ -181,7 +177,7 @@ class SlurmCluster:
         r = self.root
         # job ids (and with them the scripts' MASTER_PORT) differ between clusters on one host
         node_lines = "\n".join(
-            f"NodeName={n} NodeHostname={host} NodeAddr=127.0.0.1 Port={_free_port()} {size} "
+            f"NodeName={n} NodeHostname={host} NodeAddr=127.0.0.1 Port={free_port()} {size} "
             f"Gres=gpu:{self.gpus_per_node} State=UNKNOWN"
             for n in self.nodes
         )
@@ -189,7 +185,7 @@ class SlurmCluster:
 ClusterName=smtest
 FirstJobId={random.SystemRandom().randrange(1000, 900000)}
 SlurmctldHost={host}(127.0.0.1)
-SlurmctldPort={_free_port()}
+SlurmctldPort={free_port()}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge

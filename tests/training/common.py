@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import lightning as L
 
-from stuffed_mamba.model import Mamba2Config, Mamba2LM
+from stuffed_mamba.model import Mamba2LM
 from stuffed_mamba.training.config import OptimConfig, load_recipe
 from stuffed_mamba.training.module import TBPTTModule
+from tests import helpers
 
-TINY_MODEL = dict(d_model=32, n_layer=2, d_state=16, headdim=16, chunk_size=16, vocab_size=32)
+TINY_MODEL = {**helpers.TINY_ARCH, "vocab_size": 32}  # the fake loader's ids are < 32
 
 
 def tiny_model(**kw) -> Mamba2LM:
-    L.seed_everything(0, verbose=False)
-    return Mamba2LM(Mamba2Config(**{**TINY_MODEL, **kw}))
+    return helpers.tiny_model(0, **{"vocab_size": 32, **kw})
 
 
 def tiny_module(model=None, **optim) -> TBPTTModule:
@@ -41,25 +41,8 @@ def bare_trainer(max_steps: int, **kw) -> L.Trainer:
 
 def tiny_recipe(run_dir, *overrides):
     """recipes/tiny_cpu.yaml shrunk to seconds: fake-loader sized data, no probes."""
-    return load_recipe(
-        "recipes/tiny_cpu.yaml",
-        [
-            # vocab_size from the tokenizer ("bytes": 257); the fake loader draws ids < 32
-            *(f"model.{k}={v}" for k, v in TINY_MODEL.items() if k != "vocab_size"),
-            "data.tokenizer=bytes",
-            "data.segments=3",
-            "data.train_length=16",
-            "data.batch_size=2",
-            "optim.total_steps=60",
-            "optim.warmup_steps=3",
-            "optim.lr=3e-3",
-            "probes.enabled=false",
-            "trainer.enable_progress_bar=false",
-            f"run.dir={run_dir}",
-            "run.checkpoint_every_n_steps=6",
-            *overrides,
-        ],
-    )
+    # vocab_size from the tokenizer ("bytes": 257); the fake loader draws ids < 32
+    return load_recipe("recipes/tiny_cpu.yaml", helpers.tiny_recipe_overrides(run_dir, *overrides))
 
 
 def scalars(run_dir, prefix=""):

@@ -19,7 +19,9 @@ import sys
 
 import torch
 
-TINY = dict(d_model=32, n_layer=2, d_state=16, headdim=16, chunk_size=16, vocab_size=64)
+from tests.helpers import TINY_ARCH
+
+TINY = {**TINY_ARCH, "vocab_size": 64}
 STAGES = tuple(int(s) for s in os.environ.get("STAGES", "2,3").split(","))
 
 
@@ -89,11 +91,9 @@ def _rank(rank: int, world: int, out: str, port: int) -> None:
 
 
 def main(out: str, world: int = 2) -> None:
-    import socket
+    from tests.helpers import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     torch.multiprocessing.spawn(_rank, args=(world, out, port), nprocs=world, join=True)
 
 

@@ -12,11 +12,11 @@ import torch
 
 from stuffed_mamba.model import Mamba2Config, Mamba2LM
 from stuffed_mamba.training.bptt import backward_episode
-from tests.helpers import rel_err
+from tests.helpers import TINY_ARCH, rel_err
 from tests.training.common import tiny_model
 
 B, S, T = 2, 3, 21  # T is not a multiple of the chunk size (16)
-CONFIG = dict(d_model=32, n_layer=2, d_state=16, headdim=16, ngroups=2, chunk_size=16, vocab_size=50)
+CONFIG = {**TINY_ARCH, "ngroups": 2, "vocab_size": 50}
 
 
 def episode_model(backend: str = "torch", **kw) -> Mamba2LM:

@@ -16,6 +16,7 @@ import torch
 from stuffed_mamba.ops.ssd import ssd, ssd_step
 from stuffed_mamba.training.config import ConfigError, load_recipe
 from stuffed_mamba.training.strategy import deepspeed_config
+from tests.helpers import rel_err
 from tests.scripts import dtype_spy
 from tests.training.common import TINY_MODEL, load_ckpt, tiny_recipe
 from tests.training.fakes import FakeEpisodeLoader
@@ -48,10 +49,6 @@ def assert_policy(record: dict) -> None:
         assert record[proj]["output"] == "torch.bfloat16", (proj, record)
 
 
-def relerr(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-
 def test_the_scan_computes_in_fp32_under_bf16_autocast():
     """Under autocast the torch backend's einsums would run in bf16 and round the state every block."""
     torch.manual_seed(0)
@@ -66,7 +63,7 @@ def test_the_scan_computes_in_fp32_under_bf16_autocast():
         y1, s1 = ssd_step(x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], h0)
     y1_ref, s1_ref = ssd_step(x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], h0)
     assert s.dtype == s1.dtype == torch.float32
-    assert relerr(s, s_ref) < 1e-6 and relerr(s1, s1_ref) < 1e-6
+    assert rel_err(s, s_ref) < 1e-6 and rel_err(s1, s1_ref) < 1e-6
     assert torch.equal(y, y_ref) and torch.equal(y1, y1_ref)
 
 

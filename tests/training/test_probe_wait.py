@@ -10,13 +10,13 @@ import sys
 import threading
 import time
 from datetime import timedelta
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from stuffed_mamba.training.config import ConfigError, load_recipe
 from stuffed_mamba.training.strategy import build_strategy
+from tests.helpers import QuietFiles, serve
 from tests.training.common import TINY_MODEL
 
 TIMEOUT_S = 60  # the collective timeout of the run: short, but above a loaded machine's start-up skew
@@ -41,18 +41,11 @@ def test_the_collective_timeout_must_outlast_a_probe():
     assert load_recipe("recipes/tiny_cpu.yaml", ["trainer.collective_timeout_s=30", "probes.enabled=false"])
 
 
-def serve_stalling(root: Path, stall_s: float):
-    """data/sample over HTTP on 127.0.0.1; the first request for a document shard answers after stall_s."""
-    seen: list = []
+def stalling_handler(stall_s: float, seen: list) -> type[QuietFiles]:
+    """A file server whose first request for a document shard answers after stall_s; requests go to `seen`."""
     lock = threading.Lock()
 
-    class Handler(SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, directory=str(root), **kw)
-
-        def log_message(self, *a):
-            pass
-
+    class Handler(QuietFiles):
         def do_GET(self):
             if "/documents/" in self.path:
                 with lock:
@@ -62,58 +55,61 @@ def serve_stalling(root: Path, stall_s: float):
                     time.sleep(stall_s)
             return super().do_GET()
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, seen
+    return Handler
 
 
 @pytest.mark.slow
 def test_a_stalled_evaluation_text_does_not_time_out_two_ranks(tmp_path):
-    server, seen = serve_stalling(Path("data/sample").resolve(), STALL_S)
-    url = f"http://127.0.0.1:{server.server_address[1]}"
+    seen: list = []
     budget = 20  # each probe's time budget, below the collective timeout
-    overrides = [
-        *(f"model.{k}={v}" for k, v in TINY_MODEL.items() if k != "vocab_size"),
-        f"data.source={url}",
-        "data.listing=en-sample-head_middle.txt",
-        f"data.timeout_s={3 * STALL_S}",
-        "data.segments=3",
-        "data.train_length=32",
-        "data.batch_size=2",
-        "optim.total_steps=60",
-        "optim.warmup_steps=3",
-        "trainer.strategy=ddp",
-        "trainer.devices=2",
-        "trainer.enable_progress_bar=false",
-        "trainer.max_steps=6",
-        f"trainer.collective_timeout_s={TIMEOUT_S}",
-        # the two probes that read evaluation text, after every episode (S = 3 steps)
-        "probes.passkey.enabled=false",
-        "probes.states.enabled=false",
-        "probes.memory_lengths.enabled=false",
-        "probes.retention.every_n_steps=3",
-        "probes.retention.length=256",
-        f"probes.retention.time_budget_s={budget}",
-        "probes.position_loss.every_n_steps=3",
-        "probes.position_loss.length=256",
-        f"probes.position_loss.time_budget_s={budget}",
-        f"run.dir={tmp_path}",
-    ]
+
+    def overrides(url: str) -> list[str]:
+        return [
+            *(f"model.{k}={v}" for k, v in TINY_MODEL.items() if k != "vocab_size"),
+            f"data.source={url}",
+            "data.listing=en-sample-head_middle.txt",
+            f"data.timeout_s={3 * STALL_S}",
+            "data.segments=3",
+            "data.train_length=32",
+            "data.batch_size=2",
+            "optim.total_steps=60",
+            "optim.warmup_steps=3",
+            "trainer.strategy=ddp",
+            "trainer.devices=2",
+            "trainer.enable_progress_bar=false",
+            "trainer.max_steps=6",
+            f"trainer.collective_timeout_s={TIMEOUT_S}",
+            # the two probes that read evaluation text, after every episode (S = 3 steps)
+            "probes.passkey.enabled=false",
+            "probes.states.enabled=false",
+            "probes.memory_lengths.enabled=false",
+            "probes.retention.every_n_steps=3",
+            "probes.retention.length=256",
+            f"probes.retention.time_budget_s={budget}",
+            "probes.position_loss.every_n_steps=3",
+            "probes.position_loss.length=256",
+            f"probes.position_loss.time_budget_s={budget}",
+            f"run.dir={tmp_path}",
+        ]
+
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LOCAL_RANK", "WORLD_SIZE", "RANK"))}
     env["OMP_NUM_THREADS"] = "1"
-    try:
+    with serve(Path("data/sample").resolve(), stalling_handler(STALL_S, seen)) as url:
         t0 = time.monotonic()
         r = subprocess.run(
-            [sys.executable, "-m", "stuffed_mamba", "fit", "recipes/tiny_cpu.yaml", *overrides],
+            [
+                sys.executable,
+                "-m",
+                "stuffed_mamba",
+                "fit",
+                "recipes/tiny_cpu.yaml",
+                *overrides(url),
+            ],
             capture_output=True,
             text=True,
             timeout=1200,
             env=env,
         )
-    finally:
-        server.shutdown()
-        server.server_close()
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
     assert "done: 6 optimiser steps, 2 episodes" in r.stdout
