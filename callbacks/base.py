@@ -70,6 +70,7 @@ class ProbeCallback(L.Callback):
         self.failures, self.last_error = 0, None
         self.raise_errors = False  # tests set it so that a broken probe fails loudly
         self._warned_zero3 = False
+        self._history: list[tuple[int, dict]] = []  # (step, summary) when there is no run_dir to read back
 
     # --- to implement per probe -------------------------------------------------------------
     def run_probe(self, model: torch.nn.Module, deadline: float) -> Any:
@@ -136,10 +137,43 @@ class ProbeCallback(L.Callback):
         if writer is not None:
             writer.add_scalar(f"probes/{self.name}/seconds", summary["seconds"], step)
             writer.flush()
+        out = None
         if self.run_dir is not None:
             out = Path(self.run_dir) / "probes" / self.name
             out.mkdir(parents=True, exist_ok=True)
             (out / f"step_{step:08d}.json").write_text(json.dumps(summary, indent=1))
+        self._history.append((step, summary))
+        with preserved_rng_state():
+            self.log_over_training(writer, out, step)
+
+    def history(self, step: int, out: Path | None) -> list[tuple[int, dict]]:
+        """[(step, summary)] of every run so far, up to `step`: from the JSON files beside the run
+        (so that a resumed run's figure holds the steps before the resume), else from memory."""
+        if out is None:
+            return [(s, r) for s, r in self._history if s <= step]
+        runs = {}
+        for f in sorted(out.glob("step_*.json")):
+            s = int(f.stem.split("_")[1])
+            if s <= step:  # later files belong to an attempt this run resumed from before
+                runs[s] = json.loads(f.read_text())
+        return sorted(runs.items())
+
+    def log_over_training(self, writer, out: Path | None, step: int) -> None:
+        """The probe's curve at every step so far in one figure (stuffed_mamba.probes.overlay):
+        TensorBoard image `probes/<name>/over_training` and `over_training_step_<step>.png` beside the JSON."""
+        from stuffed_mamba.probes import overlay
+        from stuffed_mamba.probes.plots import figure_to_image
+
+        train_length = getattr(getattr(self, "ctx", None), "train_length", None)
+        fig = overlay.figure(self.name, self.history(step, out), train_length)
+        if fig is None:
+            return
+        if out is not None:
+            fig.savefig(out / f"over_training_step_{step:08d}.png", dpi=100)
+        img = figure_to_image(fig)
+        if writer is not None:
+            writer.add_image(f"probes/{self.name}/over_training", img, step, dataformats="HWC")
+            writer.flush()
 
 
 def _is_zero3(trainer) -> bool:

@@ -7,18 +7,109 @@ import re
 from collections.abc import Iterable
 
 import lightning as L
+from tensorboard.plugins.custom_scalar import layout_pb2
 
 from .base import ProbeCallback, tensorboard_writer
 
 LAYOUT_NAME = "forgetting"
+FORGET_LIMIT_TAG = "probes/position_loss/limit_2x"
+T_TRAIN_TAG = "probes/memory_lengths/T_train"
+
+
+def _fmt(T: int) -> str:
+    return f"{T // 1024}K" if T >= 1024 and T % 1024 == 0 else str(T)
+
+
+def _times(t: int, train_length: int) -> str:
+    return f"{t / train_length:g}x T_train"
+
+
+def first_section(callbacks: Iterable[ProbeCallback]) -> dict:
+    """The charts a researcher reads first (at most 8, one screen): is the model learning to forget?
+
+    {chart title: ["Multiline", [exact tag regex, ...]]}; the numbers of the recipe (T_train, the
+    longest passkey length, where retention is read) are in the titles. Several series share a chart
+    only with a reference line: the 2x limit of the verdict, T_train."""
+    by = {cb.name: cb for cb in callbacks}
+    T_train = next((cb.ctx.train_length for cb in by.values() if getattr(cb, "ctx", None)), None)
+    charts: dict = {}
+
+    def chart(title: str, *tags: str) -> None:
+        # TensorBoard applies re.match: "$" keeps acc/T=1024 from drawing acc/T=10240 too
+        charts[title] = ["Multiline", [re.escape(t) + "$" for t in tags]]
+
+    if "position_loss" in by:
+        chart(
+            "learned to forget? max loss beyond T_train / max within; no above the 2x line",
+            "probes/position_loss/beyond_over_within",
+            FORGET_LIMIT_TAG,
+        )
+    if "passkey" in by:
+        cb = by["passkey"]
+        chart("T_recall (tokens): longest length with passkey accuracy >= 95%", "probes/passkey/T_recall")
+        if T_train:
+            longest = max(cb.probe.lengths(cb.cfg, cb.ctx))
+            chart(
+                f"passkey accuracy at the longest length, {_fmt(longest)} = {_times(longest, T_train)}",
+                f"probes/passkey/acc/T={longest}",
+            )
+    if "retention" in by and T_train:
+        t = by["retention"].cfg.length or 4 * T_train  # the last summary point is the probe's length
+        chart(
+            f"first-token retention at t = {_fmt(t)} = {_times(t, T_train)}, max over heads (1 = kept)",
+            f"probes/retention/max_alpha/t={t}",
+        )
+    if "memory_lengths" in by:
+        chart(
+            f"median memory length 1/(1-alpha) of the heads (tokens) vs T_train = {T_train}",
+            "probes/memory_lengths/tau_median",
+            T_TRAIN_TAG,
+        )
+    if "states" in by:
+        chart(
+            "state variance growth past T_train (var_t / var_T_train), max over heads",
+            "probes/states/var_growth_max",
+        )
+    return charts
+
+
+def references(cb: ProbeCallback) -> dict[str, float]:
+    """The reference lines of the first section, written at each step the probe `cb` ran."""
+    if cb.name == "position_loss" and (cb.last_result or {}).get("beyond_over_within") is not None:
+        from stuffed_mamba.probes.position_loss import FORGET_LIMIT
+
+        return {FORGET_LIMIT_TAG: FORGET_LIMIT}
+    T_train = getattr(getattr(cb, "ctx", None), "train_length", None)
+    if cb.name == "memory_lengths" and T_train:
+        return {T_TRAIN_TAG: float(T_train)}
+    return {}
 
 
 def forgetting_layout(callbacks: Iterable[ProbeCallback]) -> dict:
-    """{"forgetting": {chart title: ["Multiline", [tag regexes]]}} for `SummaryWriter.add_custom_scalars`."""
-    charts: dict = {}
+    """{category: {chart title: ["Multiline", [tag regexes]]}}: the first section ("forgetting"),
+    then each probe's own charts (per length, per threshold) in a category of its own."""
+    callbacks = list(callbacks)
+    layout: dict = {LAYOUT_NAME: first_section(callbacks)}
     for cb in callbacks:
-        charts.update(cb.layout())
-    return {LAYOUT_NAME: charts}
+        if cb.layout():
+            layout[f"{cb.name}: every series"] = dict(cb.layout())
+    return layout
+
+
+def write_layout(writer, layout: dict) -> None:
+    """`writer.add_custom_scalars(layout)` with every category after the first closed: the first
+    screen shows the first section, the detail is one click away."""
+    from torch.utils.tensorboard.summary import custom_scalars
+
+    summary = custom_scalars(layout)
+    value = summary.value[0]
+    proto = layout_pb2.Layout()
+    proto.ParseFromString(value.tensor.string_val[0])
+    for category in proto.category[1:]:
+        category.closed = True
+    value.tensor.string_val[0] = proto.SerializeToString()
+    writer._get_file_writer().add_summary(summary)
+    writer.flush()
 
 
 def one_chart_per_series(layout: dict, tags: Iterable[str]) -> dict:
@@ -29,6 +120,9 @@ def one_chart_per_series(layout: dict, tags: Iterable[str]) -> dict:
     tags = sorted(tags, key=_natural)
     out: dict = {}
     for name, charts in layout.items():
+        if name == LAYOUT_NAME:  # the first section's series are chosen one by one, reference lines included
+            out[name] = dict(charts)
+            continue
         split: dict = {}
         for title, (kind, regexes) in charts.items():
             hits = [t for t in tags if any(re.fullmatch(r, t) for r in regexes)]
@@ -49,25 +143,34 @@ def _natural(tag: str):
 
 class ForgettingDashboard(L.Callback):
     """Writes the "forgetting" layout on rank 0 before any probe runs, and again, one chart per
-    series, once every probe has run and its tags are known."""
+    series in the detail categories, once every probe has run and its tags are known; after each
+    probe run, the first section's reference lines (the verdict's 2x, T_train) at that step."""
 
     def __init__(self, probe_callbacks: list[ProbeCallback]):
         self.probe_callbacks = list(probe_callbacks)
         self._split = False
+        self._seen: dict[str, int] = {}
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero or not self.probe_callbacks:
             return
         writer = tensorboard_writer(trainer)
         if writer is not None:
-            writer.add_custom_scalars(forgetting_layout(self.probe_callbacks))
-            writer.flush()
+            write_layout(writer, forgetting_layout(self.probe_callbacks))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # after the probes' own batch-end hooks (this callback comes last)
-        if self._split or not trainer.is_global_zero:
+        if not trainer.is_global_zero:
             return
-        if any(cb.last_result is None for cb in self.probe_callbacks):
+        writer = tensorboard_writer(trainer)
+        for cb in self.probe_callbacks:
+            step = (cb.last_result or {}).get("step")
+            if writer is None or step is None or self._seen.get(cb.name) == step:
+                continue
+            self._seen[cb.name] = step
+            for tag, value in references(cb).items():
+                writer.add_scalar(tag, value, step)
+        if self._split or any(cb.last_result is None for cb in self.probe_callbacks):
             return
         tags = set()
         for cb in self.probe_callbacks:
@@ -75,8 +178,6 @@ class ForgettingDashboard(L.Callback):
                 tags |= {f"probes/{cb.name}/{t}" for t in cb.probe.scalars(cb.last_result)}
             except (AttributeError, KeyError, TypeError):
                 continue
-        writer = tensorboard_writer(trainer)
         if writer is not None and tags:
-            writer.add_custom_scalars(one_chart_per_series(forgetting_layout(self.probe_callbacks), tags))
-            writer.flush()
+            write_layout(writer, one_chart_per_series(forgetting_layout(self.probe_callbacks), tags))
         self._split = True

@@ -7,14 +7,17 @@
 1. Unless --no-train: exactly the README's `stuffed-mamba fit recipes/tiny_cpu.yaml`, into
    --run-dir (`run.dir=` is the only override: the dashboard shown is the one a user gets).
 2. Starts `tensorboard --logdir RUN/tensorboard --host 127.0.0.1` on a free port and waits for it.
-3. Headless Chromium (Debian's `chromium` package: `apt-get install chromium`), driven over the
-   DevTools protocol, loads the custom-scalars page (the "forgetting" layout; smoothing 0 and
-   "Ignore outliers in chart scaling" off, so every point is drawn where it was measured) and
-   the images page and writes PNGs.
+3. Headless Chromium (Debian's `chromium` package; `scripts/install.sh dev` installs it as root),
+   driven over the DevTools protocol, opens the dashboard as the README says: the URL
+   `/#custom_scalars&_smoothingWeight=0` (TensorBoard 2.21 reads the smoothing from the URL's hash)
+   and "Ignore outliers in chart scaling" unticked (kept in the browser's local storage, not the
+   URL: the script writes it there as the checkbox does), in a laptop-sized window, and writes PNGs
+   of the dashboard's first screen and of the images tab.
 4. Stops the TensorBoard it started.
 
-Not run in CI (needs Chromium and minutes of CPU). Output: --out-dir/forgetting_dashboard.png
-and --out-dir/forgetting_images.png.
+tests/callbacks/test_screenshot.py (slow suite) runs the same steps and checks from the page's DOM
+that the first screen shows the first section. Output: --out-dir/forgetting_dashboard.png and
+--out-dir/forgetting_images.png.
 """
 
 from __future__ import annotations
@@ -126,32 +129,95 @@ class DevTools:
         os.close(self._r)
 
 
-def shoot(chromium: str, base: str, pages: list[tuple[str, Path, str]], wait_ms: int) -> None:
-    """Each (url, png, "WIDTH,HEIGHT") of `pages`, after `wait_ms` of loading, unsmoothed and with
-    outliers drawn (TensorBoard's defaults are smoothing 0.6, outliers cut off the scale)."""
-    browser = DevTools(chromium)
-    try:
-        target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-        tab = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        browser.call("Page.navigate", {"url": f"{base}/"}, tab)  # local storage belongs to the origin
+# The README's URL: smoothing 0 from the hash (TensorBoard's default is 0.6)
+DASHBOARD_HASH = "#custom_scalars&_smoothingWeight=0"
+
+# What the page shows, read from its DOM (Polymer elements inside shadow roots): each category of
+# the custom-scalars dashboard (title, opened) and each chart card's title and box in the viewport.
+INSPECT_JS = """(() => {
+  const all = [];
+  const walk = (root) => { for (const e of root.querySelectorAll('*')) { all.push(e); if (e.shadowRoot) walk(e.shadowRoot); } };
+  walk(document);
+  const box = (e) => { const r = e.getBoundingClientRect(); return {top: r.top, bottom: r.bottom, left: r.left, right: r.right}; };
+  const dash = all.find((e) => e.localName === 'tf-custom-scalar-dashboard');
+  return {
+    viewport: {width: window.innerWidth, height: window.innerHeight},
+    smoothing: dash ? dash._smoothingWeight : null,
+    ignore_outliers: dash ? dash._ignoreYOutliers : null,
+    categories: all.filter((e) => e.localName === 'tf-category-paginated-view')
+      .map((e) => ({title: e.category && e.category.name, opened: !!e.opened})),
+    charts: all.filter((e) => e.localName === 'tf-custom-scalar-multi-line-chart-card')
+      .map((e) => ({title: e.title, ...box(e)})),
+  };
+})()"""
+
+
+class Page:
+    """One tab of headless Chromium on a TensorBoard at `base`, set up as the README says."""
+
+    def __init__(self, chromium: str, base: str):
+        self.browser, self.base = DevTools(chromium), base
+        target = self.browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self.tab = self.browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        self.call("Page.navigate", {"url": f"{base}/"})  # local storage belongs to the origin
         time.sleep(3)
-        browser.call("Runtime.evaluate", {"expression": "localStorage.setItem('_ignoreYOutliers', 'false')"}, tab)
-        for url, out, size in pages:
-            width, height = (int(v) for v in size.split(","))
-            browser.call(
-                "Emulation.setDeviceMetricsOverride",
-                {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
-                tab,
-            )
-            print("+ chromium", url, size, flush=True)
-            browser.call("Page.navigate", {"url": url}, tab)
-            time.sleep(wait_ms / 1000)
-            png = base64.b64decode(browser.call("Page.captureScreenshot", {"format": "png"}, tab)["data"])
-            if not png:
-                raise RuntimeError(f"chromium returned no screenshot of {url}")
-            out.write_bytes(png)
+        # the README's one click: "Ignore outliers in chart scaling" off (the checkbox writes this)
+        self.evaluate("localStorage.setItem('_ignoreYOutliers', 'false')")
+
+    def call(self, method: str, params: dict | None = None) -> dict:
+        return self.browser.call(method, params, self.tab)
+
+    def evaluate(self, expression: str):
+        answer = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True})
+        if "exceptionDetails" in answer:
+            raise RuntimeError(f"chromium: {answer['exceptionDetails']}")
+        return answer["result"].get("value")
+
+    def open(self, url: str, size: str, wait_ms: int) -> None:
+        width, height = (int(v) for v in size.split(","))
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        )
+        print("+ chromium", url, size, flush=True)
+        self.call("Page.navigate", {"url": url})
+        time.sleep(wait_ms / 1000)
+
+    def screenshot(self, out: Path) -> None:
+        png = base64.b64decode(self.call("Page.captureScreenshot", {"format": "png"})["data"])
+        if not png:
+            raise RuntimeError("chromium returned no screenshot")
+        out.write_bytes(png)
+
+    def inspect(self) -> dict:
+        return self.evaluate(INSPECT_JS)
+
+    def close(self) -> None:
+        self.browser.close()
+
+
+@contextlib.contextmanager
+def tensorboard(logdir: Path):
+    """A TensorBoard on 127.0.0.1 over `logdir`; yields its base URL."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1"]
+    tb = subprocess.Popen(
+        [*cmd, "--port", str(port), "--reload_interval", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(f"{base}/data/runs")
+        yield base
     finally:
-        browser.close()
+        tb.terminate()
+        try:
+            tb.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            tb.kill()
+
+
+def find_chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def main() -> int:
@@ -159,15 +225,15 @@ def main() -> int:
     ap.add_argument("--run-dir", default=str(ROOT / "runs" / "screenshot"))
     ap.add_argument("--no-train", action="store_true", help="use the existing run in --run-dir")
     ap.add_argument("--out-dir", default=str(ROOT / "docs" / "img"))
-    # the default run's dashboard is 45 charts, three per row at this width: 4800 px shows them all
-    ap.add_argument("--size", default="1600,4800", help="browser window WIDTH,HEIGHT of the dashboard")
-    ap.add_argument("--images-size", default="1600,1100", help="browser window WIDTH,HEIGHT of the images tab")
+    # a common laptop's browser viewport: the first section must fit it
+    ap.add_argument("--size", default="1440,900", help="browser window WIDTH,HEIGHT of the dashboard")
+    ap.add_argument("--images-size", default="1440,1100", help="browser window WIDTH,HEIGHT of the images tab")
     ap.add_argument("--wait-ms", type=int, default=15000, help="page loading time before each screenshot")
     args = ap.parse_args()
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    chromium = find_chromium()
     if chromium is None:
-        print("chromium not found: apt-get install chromium", file=sys.stderr)
+        print("chromium not found: apt-get install chromium (or scripts/install.sh dev as root)", file=sys.stderr)
         return 2
     run_dir = Path(args.run_dir).resolve()
     if not args.no_train:
@@ -178,43 +244,15 @@ def main() -> int:
         return 2
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    port = free_port()
-    tb = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tensorboard.main",
-            "--logdir",
-            str(logdir),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--reload_interval",
-            "0",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_for(f"{base}/data/runs")
-        shoot(
-            chromium,
-            base,
-            [
-                (f"{base}/#custom_scalars&_smoothingWeight=0", out_dir / "forgetting_dashboard.png", args.size),
-                (f"{base}/#images", out_dir / "forgetting_images.png", args.images_size),
-            ],
-            args.wait_ms,
-        )
-    finally:
-        tb.terminate()
+    with tensorboard(logdir) as base:
+        page = Page(chromium, base)
         try:
-            tb.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            tb.kill()
+            page.open(f"{base}/{DASHBOARD_HASH}", args.size, args.wait_ms)
+            page.screenshot(out_dir / "forgetting_dashboard.png")
+            page.open(f"{base}/#images", args.images_size, args.wait_ms)
+            page.screenshot(out_dir / "forgetting_images.png")
+        finally:
+            page.close()
     for name in ("forgetting_dashboard.png", "forgetting_images.png"):
         print(f"wrote {out_dir / name}")
     return 0

@@ -127,6 +127,7 @@ def test_tensorboard_has_probe_scalars_images_and_layout(runs):
     ):
         assert tag in scalars, tag
         assert [e.step for e in acc.Scalars(tag)] == [2, 4]
+    probes = ("passkey", "retention", "states", "position_loss", "memory_lengths")
     assert set(tags["images"]) == {
         "probes/passkey/heatmap",
         "probes/passkey/last_r",
@@ -134,22 +135,39 @@ def test_tensorboard_has_probe_scalars_images_and_layout(runs):
         "probes/states/curves",
         "probes/position_loss/curve",
         "probes/memory_lengths/heads",
+        *(f"probes/{p}/over_training" for p in probes),
     }
     img = acc.Images("probes/passkey/heatmap")[-1]
     assert img.width > 100 and img.height > 100 and img.step == 4
+    for p in probes:  # the figure over training: one per probe step, in TensorBoard and beside the JSON
+        assert [i.step for i in acc.Images(f"probes/{p}/over_training")] == [2, 4], p
+        pngs = sorted(f.name for f in (base / "on" / "probes" / p).glob("over_training_step_*.png"))
+        assert pngs == ["over_training_step_00000002.png", "over_training_step_00000004.png"], p
 
-    layout = layout_pb2.Layout()
-    layout.ParseFromString(tensor_util.make_ndarray(acc.Tensors("custom_scalars__config__")[0].tensor_proto).item())
-    (category,) = layout.category
-    assert category.title == "forgetting"
-    for chart in category.chart:  # every chart of the dashboard shows something that was logged
-        assert any(re.fullmatch(rx, t) for rx in chart.multiline.tag for t in scalars), chart.title
-    # once every probe has run, the layout is written again with one chart per series: TensorBoard
-    # draws one run's series in one colour, so a chart of several could not be read
-    split = layout_pb2.Layout()
-    split.ParseFromString(tensor_util.make_ndarray(acc.Tensors("custom_scalars__config__")[-1].tensor_proto).item())
-    charts = split.category[0].chart
-    assert len(charts) > len(category.chart)
+    layouts = [
+        layout_pb2.Layout.FromString(tensor_util.make_ndarray(t.tensor_proto).item())
+        for t in acc.Tensors("custom_scalars__config__")
+    ]
+    first, *details = layouts[0].category
+    assert first.title == "forgetting" and not first.closed and 1 <= len(first.chart) <= 8
+    assert details and all(c.closed for c in details)  # the detail is collapsed: the first screen is the answer
+    for chart in first.chart:  # every series of the first section was written, each by one tag
+        assert len(chart.multiline.tag) in (1, 2), chart.title
+        for rx in chart.multiline.tag:
+            hits = [t for t in scalars if re.match(rx, t)]
+            assert len(hits) == 1, (chart.title, rx, hits)
+            assert [e.step for e in acc.Scalars(hits[0])] == [2, 4], hits[0]
+    assert [e.value for e in acc.Scalars("probes/position_loss/limit_2x")] == [2.0, 2.0]
+    assert [e.value for e in acc.Scalars("probes/memory_lengths/T_train")] == [48.0, 48.0]
+    for category in details:  # every chart of the dashboard shows something that was logged
+        for chart in category.chart:
+            assert any(re.fullmatch(rx, t) for rx in chart.multiline.tag for t in scalars), chart.title
+    # once every probe has run, the layout is written again with one chart per series in the detail:
+    # TensorBoard draws one run's series in one colour, so a chart of several could not be read
+    split_first, *split_details = layouts[-1].category
+    assert split_first == first and all(c.closed for c in split_details)
+    charts = [chart for category in split_details for chart in category.chart]
+    assert len(charts) > sum(len(c.chart) for c in details)
     for chart in charts:
         hits = {t for rx in chart.multiline.tag for t in scalars if re.match(rx, t)}  # TensorBoard's matching
         assert len(hits) == 1, (chart.title, hits)

@@ -8,6 +8,7 @@ loss averaged over 128 prompts).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,6 +61,22 @@ def loss_per_position(
     return (total / done).float()
 
 
+FORGET_LIMIT = 2.0  # the criterion's factor: beyond T_train the loss stays within 2x the max within
+
+
+def verdict(summary: dict) -> str:
+    """The criterion's answer with its number and rule, as every printed or titled verdict says it:
+    "learned to forget: yes: the loss beyond T_train peaks at 1.29x the loss within; no means above 2x"."""
+    ratio = summary.get("beyond_over_within")
+    if summary.get("max_beyond") is None:
+        number = "nothing was measured beyond T_train"
+    elif ratio is None or not math.isfinite(ratio):
+        number = "the loss beyond T_train is not finite"
+    else:
+        number = f"the loss beyond T_train peaks at {ratio:.2f}x the loss within"
+    return f"learned to forget: {'yes' if summary['learned_to_forget'] else 'no'}: {number}; no means above {FORGET_LIMIT:g}x"
+
+
 def learned_to_forget(loss_per_position, train_length: int) -> bool:
     """(contract) False iff the loss beyond `train_length` ever exceeds 2x the max loss within it.
 
@@ -77,7 +94,7 @@ def learned_to_forget(loss_per_position, train_length: int) -> bool:
         return True
     if not torch.isfinite(beyond).all():
         return False
-    return bool(beyond.max() <= 2.0 * within.max())
+    return bool(beyond.max() <= FORGET_LIMIT * within.max())
 
 
 def loss_summary(loss: torch.Tensor, train_length: int, *, buckets: int = 24) -> dict:
@@ -133,7 +150,10 @@ class PositionLossProbe(Probe):
             "Multiline",
             [r"probes/position_loss/(max|mean)_.*", r"probes/position_loss/beyond_over_within"],
         ],
-        "learned to forget": ["Multiline", [r"probes/position_loss/learned_to_forget"]],
+        "learned to forget (1 = yes: the loss beyond T_train stays within 2x the max within)": [
+            "Multiline",
+            [r"probes/position_loss/learned_to_forget"],
+        ],
         "loss by position": ["Multiline", [r"probes/position_loss/bucket/.*"]],
     }
 
@@ -160,7 +180,10 @@ class PositionLossProbe(Probe):
     def figures(self, loss, cfg, ctx, note=""):
         from stuffed_mamba.probes.plots import loss_vs_position
 
-        return {"curve": loss_vs_position(loss, ctx.train_length, buckets=2 * cfg.buckets)}
+        fig = loss_vs_position(loss, ctx.train_length, buckets=2 * cfg.buckets)
+        if ctx.train_length and ctx.train_length <= loss.numel():
+            fig.axes[0].set_title(heading(verdict(loss_summary(loss, ctx.train_length)), note), fontsize=8)
+        return {"curve": fig}
 
     def table(self, loss, summary, cfg, note=""):
         from stuffed_mamba.probes.tables import loss_table

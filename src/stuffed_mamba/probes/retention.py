@@ -11,6 +11,7 @@ intervention set on the model (LongMamba's Delta scale, RRI's alpha scale) shows
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -90,6 +91,14 @@ def retention_summary(alpha: torch.Tensor, train_length: int, thresholds: Sequen
     return {"train_length": train_length, "T": T, "n_layer": L, "nheads": H, "at": at}
 
 
+def max_curve(alpha: torch.Tensor, points: int = 64) -> dict:
+    """max over layers and heads of alpha_{1:t} [L, H, T] at ~`points` log-spaced t: the curve the
+    figure over training draws for each probe step (small enough for the step's JSON)."""
+    T = alpha.shape[-1]
+    t = torch.unique(torch.logspace(0, math.log10(T), points).round().long().clamp(1, T))
+    return {"t": t.tolist(), "max": alpha.float().amax(dim=(0, 1))[t - 1].tolist()}
+
+
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class RetentionConfig(ProbeSettings):
@@ -138,7 +147,7 @@ class RetentionProbe(Probe):
 
     def summary(self, alpha, cfg, ctx):
         s = retention_summary(alpha, ctx.need_train_length(self.name), thresholds=cfg.thresholds)
-        return {"text": self.text(cfg, ctx), "length": int(alpha.shape[-1]), **s}
+        return {"text": self.text(cfg, ctx), "length": int(alpha.shape[-1]), **s, "max_alpha_curve": max_curve(alpha)}
 
     def scalars(self, summary):
         out = {}

@@ -78,6 +78,8 @@ def states_table(summary: dict, title: str = "") -> str:
 
 def loss_table(summaries: dict, title: str = "") -> str:
     """summaries: {curve name: loss_summary(...)} over the same positions."""
+    from stuffed_mamba.probes.position_loss import verdict
+
     names = list(summaries)
     first = summaries[names[0]]
     header = ["position"] + names
@@ -91,8 +93,5 @@ def loss_table(summaries: dict, title: str = "") -> str:
     verdicts = []
     for n, s in summaries.items():
         beyond = "-" if s["max_beyond"] is None else f"{s['max_beyond']:.3f}"
-        verdicts.append(
-            f"{n}: max loss within T_train {s['max_within']:.3f}, beyond {beyond} -> learned to forget: "
-            f"{'yes' if s['learned_to_forget'] else 'NO'}"
-        )
+        verdicts.append(f"{n}: max loss within T_train {s['max_within']:.3f}, beyond {beyond} -> {verdict(s)}")
     return f"{t}\nT_train = {first['train_length']}; " + "; ".join(verdicts)
