@@ -80,10 +80,10 @@ else
   MAMBA_FORCE_BUILD=TRUE MAMBA_SKIP_CUDA_BUILD=TRUE \
     run $PY -m pip install -q --no-build-isolation "mamba-ssm==2.3.2.post1" "${LOCK[@]}"
   if [ -z "${INSTALL_DRY_RUN:-}" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
+    if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null || ! command -v chromium >/dev/null; then
       export DEBIAN_FRONTEND=noninteractive
       apt-get update -qq
-      apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null
+      apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge chromium >/dev/null
     fi
   fi
 fi
