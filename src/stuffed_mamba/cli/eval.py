@@ -208,6 +208,18 @@ def _warn_useless_windows(probe, cfg, pctx, specs: list[str]) -> None:
             )
 
 
+def _earlier_outputs(out: Path, command: str) -> set[str]:
+    """The files an earlier `eval COMMAND` wrote into `out`: those its JSON lists, and (JSONs from
+    before the list) its PNGs by their names, `COMMAND_<figure>[_<intervention>].png`. Another
+    probe's files and the user's own are not among them."""
+    try:
+        listed = json.loads((out / f"{command}.json").read_text()).get("files") or []
+    except (OSError, ValueError, AttributeError):
+        listed = []
+    owned = {name for name in listed if isinstance(name, str) and Path(name).name == name and name.startswith(command)}
+    return owned | {p.name for p in out.glob(f"{command}_*.png")}
+
+
 def _suffix(spec: str, n: int) -> str:
     return "" if n == 1 and spec == "none" else "_" + spec.replace(":", "").replace(",", "_")
 
@@ -262,12 +274,17 @@ def run(args: argparse.Namespace) -> int:
     if len(runs) > 1:
         payload["interventions"] = runs
     table = "\n\n".join(tables)
+    stale = _earlier_outputs(ctx.out, probe.command) - {f"{probe.command}.json", f"{probe.command}.txt", *pngs}
+    payload["files"] = [f"{probe.command}.json", f"{probe.command}.txt", *pngs]
     (ctx.out / f"{probe.command}.json").write_text(json.dumps(payload, indent=1))
     (ctx.out / f"{probe.command}.txt").write_text(table + "\n")
+    for name in sorted(stale):  # after the new outputs are whole: a failed eval leaves the earlier ones
+        (ctx.out / name).unlink(missing_ok=True)
     print(table)
     print(
         f"wrote {ctx.out / (probe.command + '.json')}, {ctx.out / (probe.command + '.txt')}"
         + "".join(f", {ctx.out / p}" for p in pngs)
+        + (f"; removed the earlier eval's {', '.join(sorted(stale))}" if stale else "")
     )
     print(f"({time.monotonic() - t0:.1f} s)")
     return 0
