@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from stuffed_mamba.model import Intervention, Mamba2Config, Mamba2LM, ModelState
-from tests.helpers import rel_err
+from tests.helpers import rel_err, tiny_config
 from tests.kernels.parity import assert_kernel_bf16_no_worse_than_torch, bf16_errors, forward_backward, state_leaves
 
 TOL = 1e-3
@@ -21,8 +21,7 @@ T = 23
 
 def _config(**kw) -> Mamba2Config:
     # 4 heads in 2 groups: the interpreter's cost grows with batch x heads x chunks
-    base = dict(d_model=32, n_layer=2, vocab_size=50, d_state=16, headdim=16, ngroups=2, chunk_size=16)
-    return Mamba2Config(**{**base, **kw})
+    return tiny_config(**{"vocab_size": 50, "ngroups": 2, **kw})
 
 
 def _model_pair(config: Mamba2Config) -> tuple[Mamba2LM, Mamba2LM]:

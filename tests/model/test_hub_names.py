@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from stuffed_mamba.model import Mamba2Config, Mamba2LM
+from tests.helpers import TINY_ARCH
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
-TINY = dict(d_model=32, n_layer=2, d_state=16, headdim=16, chunk_size=16, vocab_size=257)
+TINY = {**TINY_ARCH, "vocab_size": 257}
 
 
 @pytest.fixture(scope="module")
