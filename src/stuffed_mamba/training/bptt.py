@@ -1,7 +1,8 @@
 """Back-propagation through an episode of S segments: truncated (the paper's) or full (exact).
 
 Each row of an episode is S consecutive segments of T tokens; h_s, the recurrent state of every
-layer (SSM and conv) after segment s, is the initial state of segment s+1, and h_0 = 0. The
+layer (SSM and conv) after segment s, is the initial state of segment s+1, and h_0 = 0 or the given
+`initial_state` (a constant: training/initial_state.py). The
 objective is the mean segment loss
 
     L(theta) = (1/S) sum_s l_s(theta, h_{s-1}),    h_s = f_s(theta, h_{s-1}).
@@ -61,6 +62,7 @@ def backward_episode(
     all_finite: AllFinite | None = None,
     scale: float | None = None,
     return_state: bool = False,
+    initial_state: ModelState | None = None,
 ):
     """Accumulate into `.grad` the gradient of the episode's mean segment loss.
 
@@ -75,6 +77,7 @@ def backward_episode(
             trainer that steps after every truncated segment passes 1 and steps in `backward`.
         return_state: also return the state after the episode (detached; None after a
             non-finite segment)
+        initial_state: h_0 of every row (detached here: no gradient flows into it); None = zeros
     Returns:
         losses: [S] fp32, detached, each segment's loss (and the final state if asked).
 
@@ -91,6 +94,7 @@ def backward_episode(
         )
     run = _truncated if mode == "truncated" else _full
     losses, state = run(
+        None if initial_state is None else initial_state.detach(),
         model,
         inputs,
         labels,
@@ -101,10 +105,10 @@ def backward_episode(
     return (losses, state) if return_state else losses
 
 
-def _truncated(model, inputs, labels, backward: Backward, all_finite: AllFinite, scale: float):
+def _truncated(h0, model, inputs, labels, backward: Backward, all_finite: AllFinite, scale: float):
     S = inputs.shape[1]
     losses = []
-    state = None  # zeros: the state resets at every episode
+    state = h0  # None: zeros
     for s in range(S):
         out = model(inputs[:, s], state=state, labels=labels[:, s])
         losses.append(out.loss.detach().float())
@@ -116,10 +120,10 @@ def _truncated(model, inputs, labels, backward: Backward, all_finite: AllFinite,
     return torch.stack(losses), state
 
 
-def _full(model, inputs, labels, backward: Backward, all_finite: AllFinite, scale: float):
+def _full(h0, model, inputs, labels, backward: Backward, all_finite: AllFinite, scale: float):
     S = inputs.shape[1]
     # Forward: segments 1..S-1 without graphs, keeping the initial states h_0..h_{S-1}.
-    initial: list[ModelState | None] = [None]
+    initial: list[ModelState | None] = [h0]
     losses = []
     with torch.no_grad():
         for s in range(S - 1):

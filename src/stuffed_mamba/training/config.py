@@ -24,6 +24,7 @@ from typing import Any, Optional, Union
 from stuffed_mamba.data import DataConfig
 from stuffed_mamba.model import Mamba2Config
 from stuffed_mamba.probes.registry import ProbesConfig
+from stuffed_mamba.training.initial_state import MODES as INITIAL_STATES
 from stuffed_mamba.training.schedule import DECAY_SHAPES
 
 # the checkout the package runs from (an editable install): its recipes/ are found from anywhere
@@ -97,6 +98,11 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
     # K non-finite steps in a row abort the run (each one is skipped and counted).
     max_nonfinite_in_a_row: int = 10
+    # The state every episode starts from (training/initial_state.py, Buitrago & Gu 2025): "zeros" (the
+    # paper's), "passed" (each row's previous final state), "noise" (Gaussian SSM state of standard
+    # deviation initial_state_std), "fitted_noise" (Gaussian fitted to recent final states).
+    initial_state: str = "zeros"
+    initial_state_std: float | None = None  # noise only
 
 
 # ---------------------------------------------------------------------------- trainer
@@ -361,6 +367,7 @@ def validate(cfg: RecipeConfig) -> None:
     _check(
         o.max_nonfinite_in_a_row >= 1, "optim.max_nonfinite_in_a_row", f"must be >= 1, got {o.max_nonfinite_in_a_row}"
     )
+    _check_initial_state(o)
 
     _check(t.max_steps is None or t.max_steps >= 1, "trainer.max_steps", f"must be >= 1 or null, got {t.max_steps}")
     _check(t.strategy in STRATEGIES, "trainer.strategy", f"must be one of {', '.join(STRATEGIES)}, got {t.strategy!r}")
@@ -428,6 +435,26 @@ def validate(cfg: RecipeConfig) -> None:
             )
     for key in ("segments", "train_length", "batch_size"):
         _check(getattr(d, key) >= 1, f"data.{key}", f"must be >= 1, got {getattr(d, key)}")
+
+
+def _check_initial_state(o: OptimConfig) -> None:
+    mode, std = o.initial_state, o.initial_state_std
+    _check(mode in INITIAL_STATES, "optim.initial_state", f"must be one of {', '.join(INITIAL_STATES)}, got {mode!r}")
+    _check(
+        std is None or mode == "noise",
+        "optim.initial_state_std",
+        f"is the std of optim.initial_state=noise, but the mode is {mode}: remove it or set initial_state=noise",
+    )
+    _check(
+        std is None or (std > 0 and std < float("inf")),
+        "optim.initial_state_std",
+        f"must be > 0 (0 is initial_state=zeros), got {std}",
+    )
+    _check(
+        mode != "noise" or std is not None,
+        "optim.initial_state",
+        "noise needs optim.initial_state_std, the standard deviation of the Gaussian initial SSM state",
+    )
 
 
 def _check_context_parallel(cfg: RecipeConfig) -> None:

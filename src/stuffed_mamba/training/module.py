@@ -1,13 +1,11 @@
 """The LightningModule: one `training_step` = one episode of S segments, truncated or full BPTT.
 
-Paper appendix F: each row of an episode is S = 12 consecutive segments of T_train
-tokens; the recurrent state (SSM and conv) at the end of a segment is the initial
-state of the next, detached, so gradients stop at segment boundaries; the state
-starts from zeros at every episode. `optim.bptt: full` (with `optimizer_step: episode`)
-back-propagates exactly through the boundaries instead (training/bptt.py).
-
-The network is injected (`TBPTTModule(model, ...)`): the model knows nothing of
-Lightning, and probes find it as `pl_module.model`.
+Paper appendix F: each row of an episode is S = 12 consecutive segments of T_train tokens; the recurrent state
+(SSM and conv) at the end of a segment is the initial state of the next, detached, so gradients stop at segment
+boundaries; an episode starts from zeros, or as `optim.initial_state` says (training/initial_state.py).
+`optim.bptt: full` (with `optimizer_step: episode`) back-propagates exactly through the boundaries instead
+(training/bptt.py). The network is injected (`TBPTTModule(model, ...)`): the model knows nothing of Lightning,
+and probes find it as `pl_module.model`.
 """
 
 from __future__ import annotations
@@ -24,6 +22,7 @@ from stuffed_mamba.training import context_parallel as cp
 from stuffed_mamba.training.backward import make_backward
 from stuffed_mamba.training.bptt import backward_episode
 from stuffed_mamba.training.config import OptimConfig
+from stuffed_mamba.training.initial_state import InitialState
 from stuffed_mamba.training.optim import build_adamw
 from stuffed_mamba.training.schedule import wsd_lambda
 from stuffed_mamba.training.strategy import deepspeed_engine, is_deepspeed
@@ -41,6 +40,7 @@ class TBPTTModule(L.LightningModule):
         self.model = model
         self.context_parallel = context_parallel  # N ranks share each row (training/context_parallel.py)
         self.optim_cfg = optim
+        self.initial_state = InitialState.from_optim(optim, model.config, seed=torch.initial_seed())
         self.log_every_n_steps = log_every_n_steps
         # Several backward passes per training_step and a schedule of our own.
         self.automatic_optimization = False
@@ -89,7 +89,9 @@ class TBPTTModule(L.LightningModule):
                 all_finite=self._finite_on_every_rank,
                 scale=1.0 if step_per_segment else None,
                 return_state=True,
+                initial_state=self.initial_state.begin(B, self.device, self.global_rank // self.context_parallel),
             )
+        self.initial_state.end(state)
         losses = cp.group_mean(losses, group).cpu()
         if not step_per_segment:
             self._optimizer_step(opt)  # the gradient of the episode's mean loss
@@ -226,6 +228,7 @@ class TBPTTModule(L.LightningModule):
         own = loader.state_dict() if loader is not None and hasattr(loader, "state_dict") else None
         checkpoint["data_state_per_rank"] = _all_gather_object(own, self.trainer.world_size)
         checkpoint["world_size"] = self.trainer.world_size
+        checkpoint["initial_state"] = _all_gather_object(self.initial_state.state_dict(), self.trainer.world_size)
         checkpoint["rng_per_rank"] = _all_gather_object(torch.get_rng_state(), self.trainer.world_size)
         checkpoint["tbptt"] = {
             "episodes_done": self.episodes_done,
@@ -252,6 +255,7 @@ class TBPTTModule(L.LightningModule):
                 # Lightning restores the loader from rank 0's state; put this rank's own in its place.
                 fit_loop = checkpoint.setdefault("loops", {}).setdefault("fit_loop", {})
                 fit_loop.setdefault("state_dict", {})["combined_loader"] = [states[rank]]
+        self.initial_state.load_from_ranks(checkpoint.get("initial_state"), rank)
         rngs = checkpoint.get("rng_per_rank")
         if rngs is not None and len(rngs) == world:
             torch.set_rng_state(rngs[rank])
