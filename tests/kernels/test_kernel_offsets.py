@@ -10,6 +10,7 @@ backend splits exactly the calls that would reach 2^31 - 1.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from pathlib import Path
@@ -455,7 +456,8 @@ def _memory_line(recipe: str, overrides: list[str]) -> str:
     from stuffed_mamba.training import doctor
 
     ctx = doctor.Context(recipe, overrides)
-    doctor.check_recipe(ctx)
+    with contextlib.suppress(doctor.Warn):  # valid, but asks for GPUs this machine does not have
+        doctor.check_recipe(ctx)
     ctx.passed |= {"recipe", "tokenizer"}
     ctx.tokenizer = SimpleNamespace(vocab_size=50277)
     try:
