@@ -77,8 +77,23 @@ def run(args: argparse.Namespace) -> int:
             f"interrupted (Ctrl-C) at optimiser step {result.global_step}, an episode boundary; continue with: "
             + _command(args, cfg)
         )
-    say(f"tensorboard --logdir {result.tensorboard_dir}")
+    for line in next_steps(result, cfg.run.dir):
+        say(line)
     return 130 if result.interrupted else 0
+
+
+def next_steps(result, run_dir) -> list[str]:
+    """The run's last lines: the commands that watch, evaluate and export this run's checkpoint."""
+    import shlex
+
+    lines = [f"watch:    tensorboard --logdir {shlex.quote(str(result.tensorboard_dir))}"]
+    if result.checkpoint:
+        ckpt = shlex.quote(str(result.checkpoint))
+        lines += [
+            f"evaluate: stuffed-mamba eval loss --checkpoint {ckpt}   (probes: stuffed-mamba eval --help)",
+            f"export:   stuffed-mamba export {ckpt} {shlex.quote(str(run_dir) + '/export')}",
+        ]
+    return lines
 
 
 def _vocab_size_offline(spec: str) -> int | None:
