@@ -12,8 +12,11 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from .base import ProbeCallback, tensorboard_writer
 
 LAYOUT_NAME = "forgetting"
-FORGET_LIMIT_TAG = "probes/position_loss/limit_2x"
-T_TRAIN_TAG = "probes/memory_lengths/T_train"
+# series the dashboard derives from the probes' summaries at each probe step (reference lines, ratios)
+LIMIT_2X = "dashboard/learned_to_forget_limit_2x"
+T_RECALL = "dashboard/T_recall_over_T_train"
+MEDIAN_MEMORY = "dashboard/median_memory_over_T_train"
+T_TRAIN = "dashboard/T_train_is_1"
 
 
 def _fmt(T: int) -> str:
@@ -25,64 +28,67 @@ def _times(t: int, train_length: int) -> str:
 
 
 def first_section(callbacks: Iterable[ProbeCallback]) -> dict:
-    """The charts a researcher reads first (at most 8, one screen): is the model learning to forget?
+    """The charts a researcher reads first, 2 x 2: one screen of a laptop (TensorBoard draws two
+    330 x 311 px cards per row beside its sidebar at 1366 and 1440 px): is the model learning to forget?
 
-    {chart title: ["Multiline", [exact tag regex, ...]]}; the numbers of the recipe (T_train, the
-    longest passkey length, where retention is read) are in the titles. Several series share a chart
-    only with a reference line: the 2x limit of the verdict, T_train."""
+    {chart title: ["Multiline", [exact tag regex, ...]]}; the recipe's numbers (T_train, the longest
+    passkey length, where retention is read) are in the titles. A chart's series share one scale
+    (a ratio, lengths in units of T_train, fractions in [0, 1]); TensorBoard draws one run's series
+    in one colour with one marker shape per tag, and names the tag in the tooltip."""
     by = {cb.name: cb for cb in callbacks}
     T_train = next((cb.ctx.train_length for cb in by.values() if getattr(cb, "ctx", None)), None)
     charts: dict = {}
 
     def chart(title: str, *tags: str) -> None:
         # TensorBoard applies re.match: "$" keeps acc/T=1024 from drawing acc/T=10240 too
-        charts[title] = ["Multiline", [re.escape(t) + "$" for t in tags]]
+        if tags:
+            charts[title] = ["Multiline", [re.escape(t) + "$" for t in tags]]
 
     if "position_loss" in by:
         chart(
-            "learned to forget? max loss beyond T_train / max within; no above the 2x line",
+            "learned to forget? max loss beyond T_train / max within; no above the flat line at 2",
             "probes/position_loss/beyond_over_within",
-            FORGET_LIMIT_TAG,
+            LIMIT_2X,
         )
-    if "passkey" in by:
-        cb = by["passkey"]
-        chart("T_recall (tokens): longest length with passkey accuracy >= 95%", "probes/passkey/T_recall")
-        if T_train:
+    if T_train:
+        chart(
+            "how far back, in T_train: T_recall, median head memory 1/(1-alpha); flat line: 1 = T_train",
+            *([T_RECALL] if "passkey" in by else []),
+            *([MEDIAN_MEMORY] if "memory_lengths" in by else []),
+            *([T_TRAIN] if {"passkey", "memory_lengths"} & set(by) else []),
+        )
+        kept, tags = [], []
+        if "passkey" in by:
+            cb = by["passkey"]
             longest = max(cb.probe.lengths(cb.cfg, cb.ctx))
-            chart(
-                f"passkey accuracy at the longest length, {_fmt(longest)} = {_times(longest, T_train)}",
-                f"probes/passkey/acc/T={longest}",
-            )
-    if "retention" in by and T_train:
-        t = by["retention"].cfg.length or 4 * T_train  # the last summary point is the probe's length
-        chart(
-            f"first-token retention at t = {_fmt(t)} = {_times(t, T_train)}, max over heads (1 = kept)",
-            f"probes/retention/max_alpha/t={t}",
-        )
-    if "memory_lengths" in by:
-        chart(
-            f"median memory length 1/(1-alpha) of the heads (tokens) vs T_train = {T_train}",
-            "probes/memory_lengths/tau_median",
-            T_TRAIN_TAG,
-        )
+            kept.append(f"passkey accuracy at {_fmt(longest)} = {_times(longest, T_train)}")
+            tags.append(f"probes/passkey/acc/T={longest}")
+        if "retention" in by:
+            t = by["retention"].cfg.length or 4 * T_train  # the last summary point is the probe's length
+            kept.append(f"first-token retention at {_fmt(t)} = {_times(t, T_train)} (max over heads)")
+            tags.append(f"probes/retention/max_alpha/t={t}")
+        chart("kept from far back (0 to 1): " + ", ".join(kept), *tags)
     if "states" in by:
         chart(
-            "state variance growth past T_train (var_t / var_T_train), max over heads",
-            "probes/states/var_growth_max",
+            "state variance growth past T_train (var_t / var_T_train, max over heads)", "probes/states/var_growth_max"
         )
     return charts
 
 
 def references(cb: ProbeCallback) -> dict[str, float]:
-    """The reference lines of the first section, written at each step the probe `cb` ran."""
-    if cb.name == "position_loss" and (cb.last_result or {}).get("beyond_over_within") is not None:
+    """The first section's derived series at the step the probe `cb` last ran (from its summary)."""
+    s = cb.last_result or {}
+    T_train = getattr(getattr(cb, "ctx", None), "train_length", None)
+    out = {}
+    if cb.name == "position_loss" and s.get("beyond_over_within") is not None:
         from stuffed_mamba.probes.position_loss import FORGET_LIMIT
 
-        return {FORGET_LIMIT_TAG: FORGET_LIMIT}
-    T_train = getattr(getattr(cb, "ctx", None), "train_length", None)
-    if cb.name == "memory_lengths" and T_train:
-        return {T_TRAIN_TAG: float(T_train)}
-    return {}
+        out[LIMIT_2X] = FORGET_LIMIT
+    if T_train and cb.name == "passkey" and s.get("T_recall") is not None:
+        out.update({T_RECALL: s["T_recall"] / T_train, T_TRAIN: 1.0})
+    if T_train and cb.name == "memory_lengths" and s.get("tau_median") is not None:
+        out.update({MEDIAN_MEMORY: s["tau_median"] / T_train, T_TRAIN: 1.0})
+    return out
 
 
 def forgetting_layout(callbacks: Iterable[ProbeCallback]) -> dict:
@@ -144,12 +150,13 @@ def _natural(tag: str):
 class ForgettingDashboard(L.Callback):
     """Writes the "forgetting" layout on rank 0 before any probe runs, and again, one chart per
     series in the detail categories, once every probe has run and its tags are known; after each
-    probe run, the first section's reference lines (the verdict's 2x, T_train) at that step."""
+    probe run, the first section's derived series (ratios to T_train, the verdict's 2x) at that step."""
 
     def __init__(self, probe_callbacks: list[ProbeCallback]):
         self.probe_callbacks = list(probe_callbacks)
         self._split = False
         self._seen: dict[str, int] = {}
+        self._written: set[tuple[str, int]] = set()
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero or not self.probe_callbacks:
@@ -169,7 +176,9 @@ class ForgettingDashboard(L.Callback):
                 continue
             self._seen[cb.name] = step
             for tag, value in references(cb).items():
-                writer.add_scalar(tag, value, step)
+                if (tag, step) not in self._written:  # T_train's line comes from two probes
+                    self._written.add((tag, step))
+                    writer.add_scalar(tag, value, step)
         if self._split or any(cb.last_result is None for cb in self.probe_callbacks):
             return
         tags = set()

@@ -136,18 +136,32 @@ DASHBOARD_HASH = "#custom_scalars&_smoothingWeight=0"
 # the custom-scalars dashboard (title, opened) and each chart card's title and box in the viewport.
 INSPECT_JS = """(() => {
   const all = [];
-  const walk = (root) => { for (const e of root.querySelectorAll('*')) { all.push(e); if (e.shadowRoot) walk(e.shadowRoot); } };
-  walk(document);
-  const box = (e) => { const r = e.getBoundingClientRect(); return {top: r.top, bottom: r.bottom, left: r.left, right: r.right}; };
-  const dash = all.find((e) => e.localName === 'tf-custom-scalar-dashboard');
+  // the dashboard lives in the plugin's iframe (same origin), its elements in shadow roots;
+  // boxes are in the page's viewport: an iframe's offset is added
+  const walk = (root, dx, dy) => {
+    for (const e of root.querySelectorAll('*')) {
+      all.push([e, dx, dy]);
+      if (e.shadowRoot) walk(e.shadowRoot, dx, dy);
+      if (e.localName === 'iframe' && e.contentDocument) {
+        const r = e.getBoundingClientRect();
+        walk(e.contentDocument, dx + r.left, dy + r.top);
+      }
+    }
+  };
+  walk(document, 0, 0);
+  const box = ([e, dx, dy]) => {
+    const r = e.getBoundingClientRect();
+    return {top: r.top + dy, bottom: r.bottom + dy, left: r.left + dx, right: r.right + dx};
+  };
+  const named = (name) => all.filter(([e]) => e.localName === name);
+  const [dash] = named('tf-custom-scalar-dashboard').map(([e]) => e);
   return {
     viewport: {width: window.innerWidth, height: window.innerHeight},
     smoothing: dash ? dash._smoothingWeight : null,
     ignore_outliers: dash ? dash._ignoreYOutliers : null,
-    categories: all.filter((e) => e.localName === 'tf-category-paginated-view')
-      .map((e) => ({title: e.category && e.category.name, opened: !!e.opened})),
-    charts: all.filter((e) => e.localName === 'tf-custom-scalar-multi-line-chart-card')
-      .map((e) => ({title: e.title, ...box(e)})),
+    categories: named('tf-category-paginated-view')
+      .map(([e]) => ({title: e.category && e.category.name, opened: !!e.opened})),
+    charts: named('tf-custom-scalar-multi-line-chart-card').map((x) => ({title: x[0].title, ...box(x)})),
   };
 })()"""
 
@@ -191,6 +205,19 @@ class Page:
 
     def inspect(self) -> dict:
         return self.evaluate(INSPECT_JS)
+
+    def wait_for_charts(self, timeout: float = 180.0) -> dict:
+        """inspect() once the dashboard's chart cards are on the page and stopped changing (a loaded
+        machine serves the layout late), then a few seconds more for their data."""
+        t0, last = time.monotonic(), None
+        while time.monotonic() - t0 < timeout:
+            seen = self.inspect()
+            if seen["charts"] and seen == last:
+                time.sleep(5)
+                return self.inspect()
+            last = seen
+            time.sleep(2)
+        raise TimeoutError(f"no chart of the dashboard appeared within {timeout:.0f} s")
 
     def close(self) -> None:
         self.browser.close()
@@ -248,6 +275,7 @@ def main() -> int:
         page = Page(chromium, base)
         try:
             page.open(f"{base}/{DASHBOARD_HASH}", args.size, args.wait_ms)
+            page.wait_for_charts()
             page.screenshot(out_dir / "forgetting_dashboard.png")
             page.open(f"{base}/#images", args.images_size, args.wait_ms)
             page.screenshot(out_dir / "forgetting_images.png")

@@ -90,8 +90,8 @@ def test_first_screen_shows_the_first_section(default_run, size, tmp_path):
     with shot.tensorboard(default_run / "tensorboard") as base:
         page = shot.Page(chromium, base)
         try:
-            page.open(f"{base}/{shot.DASHBOARD_HASH}", size, 15000)
-            seen = page.inspect()
+            page.open(f"{base}/{shot.DASHBOARD_HASH}", size, 5000)
+            seen = page.wait_for_charts()
             page.screenshot(tmp_path / "first_screen.png")
         finally:
             page.close()
