@@ -60,7 +60,7 @@ class EpisodeDataset(IterableDataset):
         # list the shards here, in the launching process: a wrong source fails at once, in one line
         self.reader, self.tags = open_documents(cfg)
         if len(self.tags) < self.n_lanes:
-            from .check import too_few_shards
+            from .shard_advice import too_few_shards
 
             raise ValueError(
                 too_few_shards(cfg, self.reader, len(self.tags), world_size=world_size, workers=self.workers)
