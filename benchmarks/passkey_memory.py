@@ -83,25 +83,25 @@ def console_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "stuffed_mamba"]
 
 
-def run_command(T: int, checkpoint: Path, out: Path, prefill_chunk: int, env: dict) -> dict:
-    """One `stuffed-mamba eval passkey` at T tokens in a fresh process: its peak RSS and wall time."""
+def start_command(T: int, checkpoint: Path, out: Path, prefill_chunk: int, env: dict):
+    """Start one `stuffed-mamba eval passkey` at T tokens in a fresh process."""
     cmd = [*console_command(), "eval", "passkey", "--checkpoint", str(checkpoint), "--lengths", str(T)]
     cmd += ["--samples", "1", "--prefill-chunk", str(prefill_chunk), "--device", "cpu", "--no-progress"]
     cmd += ["--out", str(out / f"eval_{T}")]
     log = out / f"eval_{T}.log"
-    t0 = time.perf_counter()
     with open(log, "w") as f:
-        p = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(p.pid, 0)  # the rusage of this child alone (re-executed in place)
-        p.returncode = os.waitstatus_to_exitcode(status)
+        return T, subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT), time.perf_counter(), log
+
+
+def finish_command(T: int, p: subprocess.Popen, t0: float, log: Path) -> dict:
+    """Wait for it: its peak RSS, wall and CPU time."""
+    _, status, usage = os.wait4(p.pid, 0)  # the rusage of this child alone (re-executed in place)
+    p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode:
         raise SystemExit(f"T={T}: exit {p.returncode}: {log.read_text().strip().splitlines()[-1:]}")
-    return {
-        "T": T,
-        "rss": usage.ru_maxrss * 1024,
-        "secs": time.perf_counter() - t0,
-        "cpu": usage.ru_utime + usage.ru_stime,
-    }
+    secs = time.perf_counter() - t0
+    print(f"  {T:>9,} tokens done in {secs:.0f} s", flush=True)
+    return {"T": T, "rss": usage.ru_maxrss * 1024, "secs": secs, "cpu": usage.ru_utime + usage.ru_stime}
 
 
 def command_main(args, lengths: list[int]) -> int:
@@ -121,9 +121,12 @@ def command_main(args, lengths: list[int]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         tiny_checkpoint(out / "tiny")
-        for T in lengths:
-            rows.append(run_command(T, out / "tiny", out, args.prefill_chunk, env))
-            print(f"  {T:>9,} tokens done in {rows[-1]['secs']:.0f} s", flush=True)
+        started = []
+        for T in lengths:  # peak RSS is per process: --parallel only saves wall time
+            started.append(start_command(T, out / "tiny", out, args.prefill_chunk, env))
+            if not args.parallel:
+                rows.append(finish_command(*started.pop()))
+        rows += [finish_command(*job) for job in started]
     ref = rows[0]
     print(f"\n{'tokens':>10}  {'peak RSS MiB':>12}  {'ratio':>6}  {'seconds':>8}  {'CPU s':>7}")
     for r in rows:
@@ -146,6 +149,7 @@ def main() -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--contrast", action="store_true", help="also one unchunked forward at the first length")
     ap.add_argument("--command", action="store_true", help="peak RSS of `stuffed-mamba eval passkey` per length")
+    ap.add_argument("--parallel", action="store_true", help="with --command: all lengths at once")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="with --command: child env")
     args = ap.parse_args()
     if args.command:

@@ -156,3 +156,50 @@ def test_the_chunked_prefill_purges_before_every_chunk_and_at_the_end(monkeypatc
     for got, want in zip(state.layers, whole.layers, strict=True):
         for a, b in ((got.conv, want.conv), (got.ssm, want.ssm)):
             assert ((a - b).norm() / b.norm()).item() < 1e-5
+
+
+EAGER = """
+import ctypes, re
+from stuffed_mamba import allocator
+
+def rss():
+    return int(re.search(r"VmRSS:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+
+def decay():
+    mallctl = ctypes.CDLL(None).mallctl
+    value, size = ctypes.c_ssize_t(), ctypes.c_size_t(ctypes.sizeof(ctypes.c_ssize_t))
+    assert mallctl(b"arena.0.dirty_decay_ms", ctypes.byref(value), ctypes.byref(size), None, 0) == 0
+    return value.value
+
+before = decay()
+with allocator.returning_freed_pages():
+    inside = decay()
+    blocks = [b"x" * (8 << 20) for _ in range(32)]  # 256 MiB written, so resident
+    start = rss()
+    del blocks
+    released = start - rss()
+print(before, inside, decay(), released, flush=True)
+"""
+
+
+@pytest.mark.skipif(allocator.find_jemalloc() is None, reason="libjemalloc2 not installed (scripts/install.sh)")
+def test_a_block_returning_freed_pages_frees_at_once_and_restores_purging_off(tmp_path):
+    """Inside the block a free reaches the OS at once (no purge call); after it, the decay time is MALLOC_CONF's."""
+    script = tmp_path / "eager.py"
+    script.write_text(EAGER)
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
+    env.update(LD_PRELOAD=allocator.find_jemalloc(), MALLOC_CONF=allocator.MALLOC_CONF)
+    p = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    before, inside, after, released = map(int, p.stdout.split())
+    chosen = int(dict(opt.split(":") for opt in allocator.MALLOC_CONF.split(","))["dirty_decay_ms"])
+    assert (before, inside, after) == (chosen, 0, chosen)
+    assert abs(released - (256 << 20)) / (256 << 20) < 0.1, f"released {released / 2**20:.0f} MiB of 256"
+
+
+def test_returning_freed_pages_is_a_no_op_under_another_malloc(monkeypatch):
+    monkeypatch.setattr(allocator, "_mallctl", False)  # as under glibc: no jemalloc to talk to
+    ran = []
+    with allocator.returning_freed_pages():
+        ran.append(True)
+    assert ran == [True] and allocator.purge() is False

@@ -10,17 +10,20 @@ re-executes itself once (`os.execve`: same PID, argv and exit code; signals reac
 
 `STUFFED_MAMBA_JEMALLOC=0` turns it off; `bash scripts/install.sh` installs Debian's `libjemalloc2`.
 
-Purging off has a price where memory should stay flat: what a phase frees stays resident, in the
-arena of the thread that freed it. The passkey evaluation tokenizes a 256K-token prompt (~170 MB of
-transient memory) and then prefills it chunk by chunk; the prompt's pages stayed resident beside the
-prefill's (peak RSS 1.33-1.43x of 16K's at 256K, glibc 1.10x). `purge()` hands every arena's free
-pages back to the OS at such a boundary (the chunked prefill calls it between chunks), and keeps
-the training steps' pages cached. A finite decay time (`dirty_decay_ms`) would return them too, but
-also the pages a long segment frees and re-uses within a step (docs/kernels.md, "The allocator").
+Purging off has a price where memory should stay flat: what a phase frees stays resident. The
+passkey evaluation tokenizes a 256K-token prompt (~170 MB of transient memory under either malloc)
+and then prefills it chunk by chunk; the prompt's pages stayed resident beside the prefill's (peak
+RSS at 256K 1.33-1.43x of 16K's; glibc 1.10x). `purge()` hands every arena's free pages back to the
+OS at such a boundary (the chunked prefill calls it before each chunk), `returning_freed_pages()`
+makes a block (the prompt's tokenization) return them at once; MALLOC_CONF stays, so training
+steps keep their pages. A finite decay time (`dirty_decay_ms:10000`) also lowers the
+prefill's peak, but applies to the training steps too, whose speed is what purging off is for
+(docs/probes.md, "Memory").
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
@@ -92,6 +95,46 @@ def purge() -> bool:
     if mallctl is None:
         return False
     return mallctl(f"arena.{_ALL_ARENAS}.purge".encode(), None, None, None, 0) == 0
+
+
+def _decay(mallctl, name: str, new: int | None) -> int:
+    """Read (and with `new`, set) a jemalloc decay time in ms: "arena.<i>.dirty_decay_ms", ..."""
+    old, size = ctypes.c_ssize_t(), ctypes.c_size_t(ctypes.sizeof(ctypes.c_ssize_t))
+    value = ctypes.c_ssize_t(new if new is not None else 0)
+    newp, newlen = (ctypes.byref(value), ctypes.sizeof(value)) if new is not None else (None, 0)
+    if mallctl(name.encode(), ctypes.byref(old), ctypes.byref(size), newp, newlen) != 0:
+        raise OSError(f"jemalloc mallctl {name} failed")
+    return old.value
+
+
+@contextlib.contextmanager
+def returning_freed_pages():
+    """Inside the block jemalloc returns freed pages to the OS at once (every arena's decay times 0), as glibc
+    does with large blocks; the decay times before are restored after. A no-op under another malloc.
+
+    For phases whose transient memory would pile up with purging off: tokenizing a 256K-token
+    passkey prompt twice peaked 232 MiB above the start under purging off, 94 MiB in this block
+    (glibc: 156); see docs/probes.md, "Memory".
+    """
+    mallctl = _find_mallctl()
+    if mallctl is None:
+        yield
+        return
+    count, size = ctypes.c_uint(), ctypes.c_size_t(ctypes.sizeof(ctypes.c_uint))
+    if mallctl(b"arenas.narenas", ctypes.byref(count), ctypes.byref(size), None, 0) != 0:
+        raise OSError("jemalloc mallctl arenas.narenas failed")
+    names = [f"arenas.{kind}_decay_ms" for kind in ("dirty", "muzzy")]  # the default of arenas made later
+    names += [f"arena.{i}.{kind}_decay_ms" for i in range(count.value) for kind in ("dirty", "muzzy")]
+    before = {}
+    try:
+        for name in names:
+            with contextlib.suppress(OSError):  # an arena index not in use (never initialised) has no settings
+                before[name] = _decay(mallctl, name, 0)
+        purge()
+        yield
+    finally:
+        for name, ms in before.items():
+            _decay(mallctl, name, ms)
 
 
 def describe() -> str:

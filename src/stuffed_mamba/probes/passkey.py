@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from stuffed_mamba.allocator import returning_freed_pages
 from stuffed_mamba.data.passkey_prompt import (  # noqa: F401  (the prompt builder, re-exported: the probe's contract)
     FILLER,
     INSTRUCTION,
@@ -161,7 +162,8 @@ def evaluate_passkey(
                     result.complete = False
                     return result
                 key = str(int(torch.randint(10000, 100000, (1,), generator=gen)))
-                prompt = make_prompt(tokenizer, T, depth, key)
+                with returning_freed_pages():  # a long prompt's tokenization must not stay resident (allocator.py)
+                    prompt = make_prompt(tokenizer, T, depth, key)
                 new = greedy_continuation(
                     model, prompt.ids, max_new_tokens=max_new_tokens, prefill_chunk=prefill_chunk, eos_id=eos
                 )
@@ -218,7 +220,8 @@ class PasskeyProbe(Probe):
         if not lengths:
             raise ValueError("probes.passkey.lengths is empty")
         try:  # a length too short for the prompt's own text fails now, not at step N
-            make_prompt(ctx.need_tokenizer(self.name), min(lengths), 0.0, "00000")
+            with returning_freed_pages():
+                make_prompt(ctx.need_tokenizer(self.name), min(lengths), 0.0, "00000")
         except ValueError as e:
             raise ValueError(f"probes.passkey.lengths: {e}") from None
 
