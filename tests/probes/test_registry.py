@@ -37,9 +37,10 @@ def test_every_probe_is_in_the_callbacks_the_eval_cli_and_sweeps(tmp_path):
     names = list(PROBE_MODULES)
     assert "memory_lengths" in names
     data = SimpleNamespace(train_length=64, source="nowhere", listing=None)
-    cbs = build_callbacks({}, tokenizer=ByteTok(), data_cfg=data)
+    # every probe turned on (effrem is off by default)
+    cbs = build_callbacks({n: {"enabled": True} for n in names}, tokenizer=ByteTok(), data_cfg=data)
     assert [c.name for c in cbs[:-1]] == names and type(cbs[-1]).__name__ == "ForgettingDashboard"
-    layout = cbs[-1].probe_callbacks[-1].layout()
+    layout = next(c for c in cbs[:-1] if c.name == "memory_lengths").layout()
     assert any("memory length" in title for title in layout)
     for name in names:
         assert hasattr(RecipeConfig().probes, name) and hasattr(EvalConfig(), name)

@@ -34,6 +34,7 @@ PROBE_MODULES: dict[str, str] = {
     "states": "states",
     "position_loss": "position_loss",
     "memory_lengths": "memory_lengths",
+    "effrem": "effrem",
 }
 
 # appendix F: evaluation text is documents of at least 16K tokens (concatenated when shorter
