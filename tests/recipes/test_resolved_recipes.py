@@ -22,6 +22,9 @@ ALLOWED = {
     # the probes' schedule and prefill chunk"); null where a recipe does not write them, its value where
     # it does (each probe's own value, compared below, is unchanged)
     (r"^(recipe|printed|base_recipe)\.probes\.(every_n_steps|prefill_chunk)$", "absent"): "new group key",
+    # issue 23: the probe effrem (off by default) is a new section; a recipe's group defaults
+    # (probes.every_n_steps, probes.prefill_chunk) reach it as they reach every probe
+    (r"^(recipe|printed|base_recipe)\.probes\.effrem\.", "absent"): "new probe section",
 }
 
 
