@@ -138,6 +138,7 @@ def test_doctor_on_the_370m_recipe_without_network_or_gpu(tmp_path):
         env=_offline_env(tmp_path),
     )
     out = r.stdout + r.stderr
+    print(out)  # the table docs/training.md shows
     rows = _table(r.stdout)
     assert list(rows) == list(CHECK_NAMES), out
     assert "Retrying" not in out and "Traceback" not in out, out
