@@ -22,6 +22,7 @@ def _curves(fig):
         ("position_loss", lambda s: {"bucket_positions": [1, 10, 100, 500], "bucket_loss": [7, 6, 5 + s / 100, 6]}),
         ("retention", lambda s: {"max_alpha_curve": {"t": [1, 10, 100, 512], "max": [1, 0.9, 0.5, s / 1000]}}),
         ("memory_lengths", lambda s: {"tau": [[3.0, s / 10], [1.5, 200.0]]}),
+        ("effrem", lambda s: {"curves": {"256": {"t": [32, 128, 224], "effrem": [0.01, 0.1, s / 1000]}}}),
         (
             "states",
             lambda s: {"t": [64, 128, 256, 512], "var": [[[1, 2, 4, s / 10], [1, 1, 1, 1]]], "train_length": 128},

@@ -106,6 +106,23 @@ def memory_lengths(history: History, train_length: int | None):
     return fig
 
 
+def effrem(history: History, train_length: int | None):
+    """Effective Remembrance EffRem_T(t) at the longest T measured, one curve per step."""
+    T = max(int(T) for _, s in history for T in s["curves"])
+    fig, ax, colours = _steps_axes(
+        history, f"Effective Remembrance at T = {_fmt_len(T)}", "t: first tokens removed", "EffRem_T(t)"
+    )
+    for (_, s), c in zip(history, colours, strict=True):
+        curve = s["curves"].get(str(T))
+        if curve:  # a run whose lengths changed has no curve at this T
+            ax.plot(curve["t"], curve["effrem"], color=c, lw=1.2, marker=".", ms=3)
+    ax.set_xscale("log")
+    ax.set_ylim(-0.02, 1.02)
+    _t_train(ax, train_length)
+    fig.tight_layout()
+    return fig
+
+
 def passkey(history: History, train_length: int | None):
     """Passkey accuracy by (context length, step): figure 2's lengths over training."""
     plt = _plt()
@@ -136,6 +153,7 @@ OVERLAYS: dict[str, Callable] = {
     "states": states,
     "position_loss": position_loss,
     "memory_lengths": memory_lengths,
+    "effrem": effrem,
 }
 
 
