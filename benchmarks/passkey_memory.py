@@ -100,7 +100,7 @@ def finish_command(T: int, p: subprocess.Popen, t0: float, log: Path) -> dict:
     if p.returncode:
         raise SystemExit(f"T={T}: exit {p.returncode}: {log.read_text().strip().splitlines()[-1:]}")
     secs = time.perf_counter() - t0
-    print(f"  {T:>9,} tokens done in {secs:.0f} s", flush=True)
+    print(f"  {T:>9,} tokens done in {secs:.0f} s, peak RSS {usage.ru_maxrss / 1024:.0f} MiB", flush=True)
     return {"T": T, "rss": usage.ru_maxrss * 1024, "secs": secs, "cpu": usage.ru_utime + usage.ru_stime}
 
 
