@@ -76,12 +76,16 @@ def differences(before: dict, now: dict) -> list[str]:
     return out
 
 
+# recipes added after the fixture (nothing to compare them with) -> their issue
+ADDED_AFTER = {"recipes/mamba2_130m_state_passing.yaml": "issue 23"}
+
+
 def test_the_fixture_covers_every_shipped_recipe():
     """A recipe added after the fixture has nothing to be compared with: it is listed here on purpose."""
-    assert set(shipped()) == set(BEFORE)
+    assert set(shipped()) == set(BEFORE) | set(ADDED_AFTER)
 
 
-@pytest.mark.parametrize("recipe", [r for r in shipped() if "/sweeps/" not in r])
+@pytest.mark.parametrize("recipe", [r for r in shipped() if "/sweeps/" not in r and r not in ADDED_AFTER])
 def test_fit_recipe_resolves_as_before(recipe):
     assert differences(BEFORE[recipe], resolve(recipe)) == []
 

@@ -336,3 +336,19 @@ def test_passed_under_deepspeed_zero2_equals_ddp(tmp_path):
         assert a[tag].keys() == b[tag].keys() and len(a[tag]) == 3
         for step in a[tag]:
             assert abs(a[tag][step] - b[tag][step]) <= 1e-5 * abs(b[tag][step]), (tag, step)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["passed", "noise"])
+def test_context_parallel_ranks_start_from_the_same_state(tmp_path, mode):
+    """2 ranks sharing each row (trainer.context_parallel=2) train as 1 rank holding it: the group's ranks
+    share a data rank, so they carry the same final state and draw the same noise (the first one reads it)."""
+    from tests.training.common import scalars
+
+    args = [*mode_args(mode), "trainer.max_steps=9"]
+    fit_2_ranks(tmp_path / "one", *args, "trainer.devices=1")
+    fit_2_ranks(tmp_path / "cp2", *args, "trainer.context_parallel=2")
+    a, b = scalars(tmp_path / "cp2", "loss_segment/"), scalars(tmp_path / "one", "loss_segment/")
+    assert a.keys() == b.keys() and len(a) == 3
+    worst = max(abs(a[t][s] - b[t][s]) / abs(b[t][s]) for t in b for s in b[t])
+    assert worst < 1e-5, worst
