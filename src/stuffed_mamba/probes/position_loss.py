@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from stuffed_mamba.probes.buckets import log_buckets
 from stuffed_mamba.probes.registry import MIN_DOC_TOKENS, Probe, ProbeSettings, heading, knob
+from stuffed_mamba.probes.tables import fmt_len, render
 
 
 @torch.no_grad()
@@ -75,6 +76,25 @@ def verdict(summary: dict) -> str:
     else:
         number = f"the loss beyond T_train peaks at {ratio:.2f}x the loss within"
     return f"learned to forget: {'yes' if summary['learned_to_forget'] else 'no'}: {number}; no means above {FORGET_LIMIT:g}x"
+
+
+def loss_table(summaries: dict, title: str = "") -> str:
+    """summaries: {curve name: loss_summary(...)} over the same positions."""
+    names = list(summaries)
+    first = summaries[names[0]]
+    header = ["position"] + names
+    rows = []
+    for i, pos in enumerate(first["bucket_positions"]):
+        rows.append(
+            [fmt_len(pos) if pos >= 1024 else pos]
+            + [f"{summaries[n]['bucket_loss'][i]:.3f}" if i < len(summaries[n]["bucket_loss"]) else None for n in names]
+        )
+    t = render(header, rows, title)
+    verdicts = []
+    for n, s in summaries.items():
+        beyond = "-" if s["max_beyond"] is None else f"{s['max_beyond']:.3f}"
+        verdicts.append(f"{n}: max loss within T_train {s['max_within']:.3f}, beyond {beyond} -> {verdict(s)}")
+    return f"{t}\nT_train = {first['train_length']}; " + "; ".join(verdicts)
 
 
 def learned_to_forget(loss_per_position, train_length: int) -> bool:
@@ -186,8 +206,6 @@ class PositionLossProbe(Probe):
         return {"curve": fig}
 
     def table(self, loss, summary, cfg, note=""):
-        from stuffed_mamba.probes.tables import loss_table
-
         return loss_table({note or "loss": summary}, title=heading("LM loss by position (log buckets)", note))
 
 

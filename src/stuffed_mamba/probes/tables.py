@@ -74,24 +74,3 @@ def states_table(summary: dict, title: str = "") -> str:
             f"squared deviation; outliers {top}"
         )
     return "\n".join(lines)
-
-
-def loss_table(summaries: dict, title: str = "") -> str:
-    """summaries: {curve name: loss_summary(...)} over the same positions."""
-    from stuffed_mamba.probes.position_loss import verdict
-
-    names = list(summaries)
-    first = summaries[names[0]]
-    header = ["position"] + names
-    rows = []
-    for i, pos in enumerate(first["bucket_positions"]):
-        rows.append(
-            [fmt_len(pos) if pos >= 1024 else pos]
-            + [f"{summaries[n]['bucket_loss'][i]:.3f}" if i < len(summaries[n]["bucket_loss"]) else None for n in names]
-        )
-    t = render(header, rows, title)
-    verdicts = []
-    for n, s in summaries.items():
-        beyond = "-" if s["max_beyond"] is None else f"{s['max_beyond']:.3f}"
-        verdicts.append(f"{n}: max loss within T_train {s['max_within']:.3f}, beyond {beyond} -> {verdict(s)}")
-    return f"{t}\nT_train = {first['train_length']}; " + "; ".join(verdicts)
