@@ -5,9 +5,11 @@ trained from h_0 = 0 only ever reads the states that T_train tokens reach. Their
 sequences elsewhere. Per layer l, with h the SSM state [B, H, P, N] (fp32) and c the conv state [B, C, k-1]:
 
 zeros         h_0 = 0, c_0 = 0: the paper's (Chen et al.) and the default; nothing is drawn or stored.
-passed        (h_0, c_0) of row b = the detached final state of row b's previous episode on this rank: another
-              stretch of the corpus, so the final state of a different sequence ("state passing"). The first
-              episode, and the one after a non-finite episode (no final state), start from zeros.
+passed        (h_0, c_0) of row b = the detached final state of row b's previous episode on this rank
+              ("state passing"). With one data worker row b continues its own row stream, so that is the
+              state of the text just before it; with W > 1 workers rows take streams in turn and it is
+              another stream's, the paper's "final state of a different sequence". The first episode, and
+              the one after a non-finite episode (no final state), start from zeros.
 noise         h_0[b, h, p, n] ~ N(0, sigma^2) i.i.d., sigma = `optim.initial_state_std`; c_0 = 0 (the conv
               window holds the last k-1 = 3 inputs, not a summary of the past: not intervened on).
 fitted_noise  h_0[b, h, p, n] ~ N(mu_lh, s_lh^2) i.i.d., c_0 = 0, with mu_lh, s_lh the mean and standard
