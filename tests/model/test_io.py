@@ -13,14 +13,21 @@ from pathlib import Path
 import pytest
 import torch
 
+import stuffed_mamba.model.folder as folder
 import stuffed_mamba.model.io as io
 from stuffed_mamba.cli import main
 from stuffed_mamba.model import Mamba2LM
 from tests.model.conftest import randomise_ssm_params, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
-READERS_OF_CHECKPOINTS = {"src/stuffed_mamba/model/io.py", "src/stuffed_mamba/model/deepspeed_checkpoint.py"}
-CONFIG_PARSER = {"src/stuffed_mamba/model/io.py"}
+# io and the two format readers it uses (official/transformers folders, DeepSpeed folders)
+READERS_OF_CHECKPOINTS = {
+    "src/stuffed_mamba/model/io.py",
+    "src/stuffed_mamba/model/folder.py",
+    "src/stuffed_mamba/model/deepspeed_checkpoint.py",
+}
+# the field mapping is Mamba2Config.from_mamba_ssm / from_hf (contract); folder.py reads the files
+CONFIG_PARSER = {"src/stuffed_mamba/model/config.py", "src/stuffed_mamba/model/folder.py"}
 # keys only an official (mamba_ssm) or transformers config.json has: reading one of them is parsing it
 CONFIG_JSON_KEYS = {"hidden_size", "num_hidden_layers", "ssm_cfg", "d_intermediate", "attn_layer_idx", "n_groups"}
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -273,9 +280,9 @@ def test_a_damaged_file_is_refused_before_it_is_read(tmp_path, capsys):
 
 def test_one_parser_for_both_config_formats(checkpoints):
     root = Path(checkpoints[1]).parent
-    hf = io.read_config(root / "transformers")
+    hf = folder.read_config(root / "transformers")
     assert (hf.d_model, hf.n_layer, hf.d_state, hf.headdim, hf.nheads, hf.vocab_size_padded) == (32, 2, 16, 16, 4, 260)
-    official = io.read_config(root / "official" / "config.json")
+    official = folder.read_config(root / "official" / "config.json")
     assert official == tiny_config(vocab_size=260)
     with pytest.raises(ValueError, match="neither a mamba_ssm config"):
-        io.config_from_json({"n_embd": 8})
+        folder.config_from_json({"n_embd": 8})

@@ -128,7 +128,7 @@ def resolve(spec: Any, *, base_dir: Path | None = None) -> StateSize:
             return from_fields(OFFICIAL_SIZES[official], name=f"mamba2-{official}")
         raise ValueError(f"{spec}: not a size name ({', '.join(OFFICIAL_SIZES)}) nor an existing file")
     if path.suffix == ".json":  # an official or transformers config.json, through the one parser
-        from stuffed_mamba.model.io import read_config
+        from stuffed_mamba.model.folder import read_config
 
         cfg = read_config(path)
         return from_fields({k: getattr(cfg, k) for k in ("d_model", "n_layer", *SHAPE_DEFAULTS)}, name=str(spec))

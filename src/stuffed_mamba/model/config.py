@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 # state-spaces/mamba2-{130m,370m,780m}: every other field is Mamba2Config's default (= mamba_ssm's).
@@ -106,11 +107,23 @@ class Mamba2Config:
     _SSM_CFG_KEYS = ("d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size")
 
     @classmethod
-    def from_mamba_ssm(cls, cfg: dict) -> Mamba2Config:
-        """From an official checkpoint's config.json (state-spaces/mamba2-*); parsed in `model.io`."""
-        from stuffed_mamba.model.io import config_from_mamba_ssm
-
-        return config_from_mamba_ssm(cfg)
+    def from_mamba_ssm(cls, cfg: Mapping) -> Mamba2Config:
+        """From an official checkpoint's config.json (state-spaces/mamba2-*): MambaConfig + its ssm_cfg."""
+        ssm_cfg = dict(cfg.get("ssm_cfg") or {})
+        layer = ssm_cfg.pop("layer", "Mamba2")
+        if layer != "Mamba2":
+            raise ValueError(f"config.json describes a {layer} model; only Mamba2 is supported")
+        if cfg.get("d_intermediate", 0):
+            raise ValueError("config.json has d_intermediate > 0 (MLP blocks); only pure Mamba-2 stacks are supported")
+        if cfg.get("attn_layer_idx"):
+            raise ValueError(
+                "config.json has attention layers (attn_layer_idx); only pure Mamba-2 stacks are supported"
+            )
+        ssm_keys = (*cls._SSM_CFG_KEYS, "dt_min", "dt_max", "dt_init_floor", "A_init_range")
+        kw = {k: ssm_cfg[k] for k in ssm_keys if k in ssm_cfg}
+        top = ("d_model", "n_layer", "vocab_size", "pad_vocab_size_multiple", "tie_embeddings")
+        kw |= {k: cfg[k] for k in top if k in cfg}
+        return cls(**kw)
 
     def to_mamba_ssm(self) -> dict:
         """The config.json that mamba_ssm's `MambaLMHeadModel.from_pretrained` reads."""
@@ -137,11 +150,32 @@ class Mamba2Config:
         }
 
     @classmethod
-    def from_hf(cls, cfg: dict) -> Mamba2Config:
-        """From a HuggingFace transformers Mamba2 config.json; parsed in `model.io`."""
-        from stuffed_mamba.model.io import config_from_hf
-
-        return config_from_hf(cfg)
+    def from_hf(cls, cfg: Mapping) -> Mamba2Config:
+        """A transformers Mamba2 config.json (their `Mamba2Config` field names)."""
+        d_model, expand, head_dim = cfg["hidden_size"], cfg.get("expand", 2), cfg.get("head_dim", 64)
+        num_heads = cfg.get("num_heads", expand * d_model // head_dim)
+        if num_heads * head_dim != expand * d_model:
+            raise ValueError(
+                f"HF config: num_heads*head_dim = {num_heads * head_dim} != expand*hidden_size = {expand * d_model}"
+            )
+        if cfg.get("use_bias", False):
+            raise ValueError("HF config has use_bias=true (biased in/out projections); official Mamba-2 has none")
+        if not cfg.get("use_conv_bias", True):
+            raise ValueError("HF config has use_conv_bias=false; official Mamba-2 has a conv bias")
+        return cls(
+            d_model=d_model,
+            n_layer=cfg["num_hidden_layers"],
+            vocab_size=cfg["vocab_size"],
+            pad_vocab_size_multiple=1,  # transformers does not pad: the embedding has exactly vocab_size rows
+            d_state=cfg.get("state_size", 128),
+            d_conv=cfg.get("conv_kernel", 4),
+            expand=expand,
+            headdim=head_dim,
+            ngroups=cfg.get("n_groups", 1),
+            chunk_size=cfg.get("chunk_size", 256),
+            rms_norm_eps=cfg.get("layer_norm_epsilon", 1e-5),
+            tie_embeddings=cfg.get("tie_word_embeddings", True),
+        )
 
     def to_hf(self) -> dict:
         """The config.json of a transformers `Mamba2ForCausalLM` with these weights."""

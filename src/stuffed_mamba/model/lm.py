@@ -163,9 +163,10 @@ class Mamba2LM(nn.Module):
     @classmethod
     def from_pretrained(cls, path, backend: str = "torch", *, map_location="cpu") -> Mamba2LM:
         """A local folder (or hub name) holding an official mamba_ssm checkpoint or a transformers Mamba2 one."""
-        from stuffed_mamba.model.io import load_folder
+        from stuffed_mamba.model.folder import load_strict, read_folder
 
-        return load_folder(path, backend=backend, map_location=map_location)
+        config, sd, folder = read_folder(path, map_location=map_location)
+        return load_strict(cls(config, backend=backend), sd, folder)
 
     def save_pretrained(self, path, *, format: str = "mamba_ssm") -> None:
         """Write a folder others load without us: "mamba_ssm" (config.json + model.safetensors) or "hf"."""

@@ -173,7 +173,7 @@ def resolved(cfg: RecipeConfig, tokenizer_vocab: int | None = None) -> RecipeCon
     m = out.model
     base: Mamba2Config | None = None
     if m.init_from:  # its config.json on disk or in the HF cache, or an official size known by its name
-        from stuffed_mamba.model.io import config_of
+        from stuffed_mamba.model.folder import config_of
 
         base = config_of(m.init_from)
     else:
