@@ -98,3 +98,19 @@ def test_eval_effrem_writes_json_table_and_figure(tmp_path, capsys):
     payload = json.loads((out / "effrem.json").read_text())
     assert set(payload["curves"]) == {"50", "100"} and 0 <= payload["at_half"]["100"] <= 1
     assert (out / "effrem_curves.png").is_file() and "EffRem" in (out / "effrem.txt").read_text()
+
+
+@pytest.mark.slow
+def test_eval_effrem_peak_rss_at_64k_is_within_1_2x_of_4k():
+    """Acceptance 3's memory half through the benchmark (two fresh `eval effrem` processes, one
+    sequence, t = T/2): ~2 CPU-minutes; measured 1.001."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "effrem_memory.py"
+    run = subprocess.run([sys.executable, str(script), "--lengths", "4K,64K"], capture_output=True, text=True)
+    ratio = re.search(r"= ([0-9.]+) \(target <= 1\.2\)", run.stdout)
+    assert ratio is not None, run.stdout[-2000:] + run.stderr[-2000:]
+    assert float(ratio.group(1)) <= 1.2 and run.returncode == 0, run.stdout[-2000:]
