@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from stuffed_mamba.training.config import ConfigError, load_recipe
 from tests.training.common import TINY_MODEL, scalars
@@ -109,3 +110,19 @@ def test_bad_context_parallel_is_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message) as e:
         load_recipe("recipes/tiny_cpu.yaml", overrides)
     assert str(e.value).startswith("trainer.context_parallel: ") and "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+def test_context_parallel_resume_is_bit_exact(tmp_path):
+    """Stop after 2 episodes + `run.resume=auto` to 4 ends with the weights of 4 straight, bit for bit."""
+    from tests.training.common import load_ckpt
+
+    cp = ["trainer.devices=2", "trainer.context_parallel=2", "optim.optimizer_step=episode"]
+    fit_cli(tmp_path / "straight", *cp, "trainer.max_steps=4")
+    fit_cli(tmp_path / "split", *cp, "trainer.max_steps=2")
+    fit_cli(tmp_path / "split", *cp, "trainer.max_steps=4", "run.resume=auto")
+    a = load_ckpt(tmp_path / "straight/checkpoints/last.ckpt")
+    b = load_ckpt(tmp_path / "split/checkpoints/last.ckpt")
+    assert a["global_step"] == b["global_step"] == 4
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
