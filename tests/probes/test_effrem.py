@@ -4,6 +4,8 @@ total variation in float64."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -93,7 +95,8 @@ def test_eval_effrem_writes_json_table_and_figure(tmp_path, capsys):
     make_tiny_lm().save_pretrained(folder)
     out = tmp_path / "out"
     argv = ["eval", "effrem", "--checkpoint", str(folder), "--tokenizer", "bytes", "--train-length", "50"]
-    argv += ["--data", "data/sample", "--min-doc-tokens", "64", "--samples", "1", "--multiples", "1,2"]
+    sample = str(Path(__file__).resolve().parents[2] / "data" / "sample")
+    argv += ["--data", sample, "--min-doc-tokens", "64", "--samples", "1", "--multiples", "1,2"]
     assert main([*argv, "--chunk", "33", "--out", str(out), "--no-progress"]) == 0
     payload = json.loads((out / "effrem.json").read_text())
     assert set(payload["curves"]) == {"50", "100"} and 0 <= payload["at_half"]["100"] <= 1
@@ -107,7 +110,6 @@ def test_eval_effrem_peak_rss_at_64k_is_within_1_2x_of_4k():
     import re
     import subprocess
     import sys
-    from pathlib import Path
 
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "effrem_memory.py"
     run = subprocess.run([sys.executable, str(script), "--lengths", "4K,64K"], capture_output=True, text=True)
