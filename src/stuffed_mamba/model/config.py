@@ -11,6 +11,8 @@ OFFICIAL_SIZES: dict[str, dict[str, int]] = {
     "130m": {"d_model": 768, "n_layer": 24, "vocab_size": 50277},
     "370m": {"d_model": 1024, "n_layer": 48, "vocab_size": 50277},
     "780m": {"d_model": 1536, "n_layer": 48, "vocab_size": 50277},
+    "1.3b": {"d_model": 2048, "n_layer": 48, "vocab_size": 50277},
+    "2.7b": {"d_model": 2560, "n_layer": 64, "vocab_size": 50277},
 }
 
 
