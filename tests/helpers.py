@@ -24,6 +24,22 @@ import torch
 # the architecture of the tests' tiny model; vocab_size is the suite's (tokenizer or fake loader)
 TINY_ARCH = dict(d_model=32, n_layer=2, d_state=16, headdim=16, chunk_size=16)
 
+# the config.json of state-spaces/mamba2-370m (its shape: an official mamba_ssm checkpoint's)
+OFFICIAL_370M_CONFIG_JSON = {
+    "d_model": 1024,
+    "d_intermediate": 0,
+    "n_layer": 48,
+    "vocab_size": 50277,
+    "ssm_cfg": {"layer": "Mamba2"},
+    "attn_layer_idx": [],
+    "attn_cfg": {},
+    "rms_norm": True,
+    "residual_in_fp32": True,
+    "fused_add_norm": True,
+    "pad_vocab_size_multiple": 16,
+    "tie_embeddings": True,
+}
+
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| / max |b|: one number per comparison, robust to near-zero entries."""

@@ -8,7 +8,7 @@ import torch
 
 from stuffed_mamba.analysis.state_size import OFFICIAL_SIZES, resolve, state_size
 from stuffed_mamba.cli import main
-from tests.helpers import rel_err
+from tests.helpers import OFFICIAL_370M_CONFIG_JSON, rel_err
 
 
 def by_hand(d_model, n_layer, N=128, P=64, expand=2, G=1, d_conv=4):
@@ -48,20 +48,7 @@ def test_agrees_with_Mamba2Config(fields):
 
 def test_official_config_json_folder(tmp_path):
     # the shape of state-spaces/mamba2-370m's config.json
-    cfg = {
-        "d_model": 1024,
-        "d_intermediate": 0,
-        "n_layer": 48,
-        "vocab_size": 50277,
-        "ssm_cfg": {"layer": "Mamba2"},
-        "attn_layer_idx": [],
-        "attn_cfg": {},
-        "rms_norm": True,
-        "residual_in_fp32": True,
-        "fused_add_norm": True,
-        "pad_vocab_size_multiple": 16,
-        "tie_embeddings": True,
-    }
+    cfg = dict(OFFICIAL_370M_CONFIG_JSON)
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     assert resolve(tmp_path).state_size == resolve("370m").state_size
     assert resolve(tmp_path / "config.json").state_size == resolve("370m").state_size

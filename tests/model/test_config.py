@@ -1,6 +1,7 @@
 import pytest
 
 from stuffed_mamba.model import Mamba2Config
+from tests.helpers import OFFICIAL_370M_CONFIG_JSON
 
 
 def test_state_size_780m_is_the_papers_19_3M():
@@ -15,20 +16,7 @@ def test_derived_sizes_of_370m():
 
 def test_from_mamba_ssm_official_config_json():
     # the config.json of state-spaces/mamba2-370m
-    raw = {
-        "d_model": 1024,
-        "d_intermediate": 0,
-        "n_layer": 48,
-        "vocab_size": 50277,
-        "ssm_cfg": {"layer": "Mamba2"},
-        "attn_layer_idx": [],
-        "attn_cfg": {},
-        "rms_norm": True,
-        "residual_in_fp32": True,
-        "fused_add_norm": True,
-        "pad_vocab_size_multiple": 16,
-        "tie_embeddings": True,
-    }
+    raw = dict(OFFICIAL_370M_CONFIG_JSON)
     c = Mamba2Config.from_mamba_ssm(raw)
     assert (c.d_model, c.n_layer, c.d_state, c.headdim, c.vocab_size_padded) == (1024, 48, 128, 64, 50288)
     assert Mamba2Config.from_mamba_ssm(c.to_mamba_ssm()) == c
