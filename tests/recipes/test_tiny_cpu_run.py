@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from tests.conftest import DEFAULT_RUN_SECONDS
 from tests.training.common import scalars
 
 
@@ -58,15 +59,17 @@ def test_smoke_few_steps_with_probes(tmp_path):
 
 
 @pytest.mark.slow
-def test_default_recipe_finishes_under_10_minutes_and_learns(tmp_path):
-    """Acceptance 1: the embedded default, as shipped, offline on this machine."""
-    r, seconds = fit_cli(tmp_path, timeout=1200)
-    assert seconds < 600, f"took {seconds:.0f} s"
-    loss = scalars(tmp_path, "train/loss")["train/loss"]
+def test_default_recipe_finishes_under_10_minutes_and_learns(default_run):
+    """Acceptance 1: the embedded default, as shipped, offline on this machine (the session's
+    default run, which the dashboard tests read too)."""
+    seconds = DEFAULT_RUN_SECONDS.get(default_run)
+    if seconds is not None:  # None: a run reused through STUFFED_MAMBA_DEFAULT_RUN, not timed here
+        assert seconds < 600, f"took {seconds:.0f} s"
+    loss = scalars(default_run, "train/loss")["train/loss"]
     steps = sorted(loss)
     first, last = sum(loss[s] for s in steps[:3]) / 3, sum(loss[s] for s in steps[-3:]) / 3
     assert last < first - 1.0, (first, last)
-    tags = scalars(tmp_path)
+    tags = scalars(default_run)
     assert any(t.startswith("probes/passkey/") for t in tags)
     assert any(t.startswith("probes/position_loss/") for t in tags)
     assert "train/lr" in tags
