@@ -123,4 +123,5 @@ def test_a_stalled_evaluation_text_does_not_time_out_two_ranks(tmp_path):
     assert ready < first_step and "retention" in lines[ready] and "position_loss" in lines[ready]
     # both probes ran after both episodes
     for probe in ("retention", "position_loss"):
-        assert sorted(os.listdir(tmp_path / "probes" / probe)) == ["step_00000003.json", "step_00000006.json"]
+        results = sorted(f.name for f in (tmp_path / "probes" / probe).glob("step_*.json"))
+        assert results == ["step_00000003.json", "step_00000006.json"], probe
