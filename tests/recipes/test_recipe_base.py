@@ -198,6 +198,21 @@ def test_a_sweep_recipe_may_build_on_another(tmp_path):
     assert [c.name for c in expand(recipe, base)] == ["s_T256"]
 
 
+def test_a_child_sweep_adds_overrides_without_restating_them(tmp_path):
+    """`extra_overrides` go after the base's `overrides` (a merged list would replace them), and the
+    command line can replace them: the later value of a key wins in `fit`."""
+    from stuffed_mamba.sweep import expand, load_sweep
+
+    write(tmp_path / "fit/base.yaml", TINY.read_text())
+    write(tmp_path / "sweeps/parent.yaml", SWEEP.format(base="../fit/base.yaml", out=tmp_path / "out"))
+    child = write(tmp_path / "sweeps/child.yaml", "base: parent.yaml\nextra_overrides: [trainer.max_steps=3]\n")
+    recipe, base = load_sweep(child)
+    assert recipe.overrides == ["probes.enabled=false", "trainer.max_steps=2", "trainer.max_steps=3"]
+    assert [o for o in expand(recipe, base)[0].overrides if o.startswith("trainer.max_steps")][-1] == "trainer.max_steps=3"
+    recipe, _ = load_sweep(child, ["extra_overrides=[optim.initial_state=passed]"])
+    assert recipe.overrides[-1] == "optim.initial_state=passed" and "trainer.max_steps=3" not in recipe.overrides
+
+
 def test_a_sweep_chain_that_loops_is_one_line(tmp_path):
     from stuffed_mamba.sweep import load_sweep
 

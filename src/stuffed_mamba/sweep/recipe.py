@@ -12,6 +12,8 @@
     overrides: ["data.segments=1"]  # key=value for every cell; {train_length}, {max_steps},
                                     # {warmup_steps} (10% of max_steps), {model}, {cell}, {run_dir}
                                     # are filled in per cell
+    extra_overrides: [...]          # appended to `overrides` (later ones win): a sweep recipe built on
+                                    # another adds its few overrides instead of restating the list
     eval: {source: ..., position_loss: {...}, passkey: {...}}   # probes run on each cell, see EvalConfig
     reshard: {source: data/sample, out: runs/sample_64, shards: 64}   # optional, see reshard.py
 
@@ -59,6 +61,8 @@ class SweepRecipe:
     # data.batch_size = batch_tokens // (S*T) per cell (short lengths get more rows)
     batch_tokens: int | None = None
     overrides: list[str] = field(default_factory=list)
+    # a list merged over a base's replaces it: this one is appended, so a child states only its additions
+    extra_overrides: list[str] = field(default_factory=list)
     eval: EvalConfig = field(default_factory=EvalConfig)
     fit_timeout_minutes: float | None = None
     reshard: ReshardConfig | None = None  # when set, every cell trains on the re-sharded copy
@@ -110,6 +114,7 @@ def load_sweep(path: str | Path, extra: list[str] | tuple[str, ...] = ()) -> tup
         if base is not None and "base" not in {e.split("=", 1)[0] for e in extra}:
             cfg.base = str(base)
         recipe: SweepRecipe = OmegaConf.to_object(cfg)
+        recipe.overrides = [*recipe.overrides, *recipe.extra_overrides]
     except OmegaConfBaseException as e:
         raise ValueError(f"{path}: {str(e).splitlines()[0]}") from None
     if not recipe.models:
