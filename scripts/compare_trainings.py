@@ -1,15 +1,18 @@
 #!/usr/bin/env python
-"""Issue 12's experiment side by side: the same cells trained as one segment, as 8 segments under
-truncated BPTT and under full BPTT (docs/results.md, "Full BPTT").
+"""The same sweep cells trained in different ways, side by side: issue 12's one segment vs 8 segments
+under truncated and full BPTT (docs/results.md, "Full BPTT"), issue 23's initial states
+(docs/results.md, "Initial states").
 
-    python scripts/compare_bptt.py --out docs/results/bptt_cpu \\
+    python scripts/compare_trainings.py --out docs/results/bptt_cpu \\
         "one segment=runs/sweeps/bptt_one_segment_cpu" \\
         "8 segments, truncated=runs/sweeps/bptt_truncated_cpu" \\
         "8 segments, full=runs/sweeps/bptt_full_cpu"
 
 Reads each sweep's results.jsonl (the last row per cell) and runs/<cell>/eval/position_loss.json
 (the sweep's evaluation); prints a markdown table and writes one loss-vs-position plot per cell,
---out/position_loss_<cell>.png (dotted: T_train; dash-dotted: the episode, S x T_train).
+--out/position_loss_<cell>.png (dotted: T_train; dash-dotted: the episode, S x T_train). Where the
+cells were evaluated with the `effrem` probe too, the table gains EffRem_T(T/2) at each T and
+--out/effrem_<cell>.png plots EffRem_T(t) against t/T at each T.
 """
 
 from __future__ import annotations
@@ -32,27 +35,54 @@ def main() -> None:
         for label, d in variants
     }
     cells = sorted({c for by_cell in rows.values() for c in by_cell}, key=lambda c: (len(c), c))
+    multiples = _effrem_multiples(variants, rows)
+    effrem_heads = "".join(f" | EffRem_T(T/2), T = {m} x T_train" for m in multiples)
     print(
         "| cell | training | B x S x T | gradient horizon | fit s | final train loss | loss [T/2, T) "
-        "| loss 6144-8191 | late loss rise | max beyond / max within |"
+        f"| loss 6144-8191 | late loss rise | max beyond / max within{effrem_heads} |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(multiples))
     for cell in cells:
-        curves = []
+        curves, effrems = [], []
         for label, d in variants:
             r = rows[label].get(cell)
             if r is None:
                 continue
             S, T, s = int(r["segments"]), int(r["train_length"]), _summary(d, cell)
             horizon = S * T if _bptt(d, cell) == "full" else T
+            e = _effrem(d, cell)
+            at_half = "".join(
+                f" {e['at_half'][str(m * T)]:.3f} |" if e and str(m * T) in e["at_half"] else " |" for m in multiples
+            )
             print(
                 f"| {cell} | {label} | {r['batch_size']} x {S} x {T} | {horizon} | {r['fit_seconds']:.0f} "
                 f"| {r['final_train_loss']:.3f} | {s['loss_near_train_length']:.3f} | {s['loss_late']:.3f} "
-                f"| {s['late_loss_rise']:+.3f} | {r['position_loss/beyond_over_within']:.2f} |"
+                f"| {s['late_loss_rise']:+.3f} | {r['position_loss/beyond_over_within']:.2f} |{at_half}"
             )
             curves.append((label, s["bucket_positions"], s["bucket_loss"], T, S))
+            if e:
+                effrems.append((label, e))
         if curves:
             print(f"plot: {_plot(cell, curves, Path(args.out))}", flush=True)
+        if effrems:
+            print(f"plot: {_plot_effrem(cell, effrems, Path(args.out))}", flush=True)
+
+
+def _effrem(sweep_dir: str, cell: str) -> dict | None:
+    """The cell's `effrem` summary (runs/<cell>/eval/effrem.json), None where it was not evaluated."""
+    path = Path(sweep_dir) / "runs" / cell / "eval" / "effrem.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _effrem_multiples(variants, rows) -> list[int]:
+    """The T / T_train of every EffRem curve of any cell, increasing (the table's EffRem columns)."""
+    found = set()
+    for label, d in variants:
+        for cell in rows[label]:
+            e = _effrem(d, cell)
+            if e:
+                found |= {int(T) // int(e["train_length"]) for T in e["curves"]}
+    return sorted(found)
 
 
 def _summary(sweep_dir: str, cell: str) -> dict:
@@ -88,6 +118,34 @@ def _plot(cell: str, curves, out: Path) -> Path:
     ax.grid(alpha=0.3)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"position_loss_{cell}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_effrem(cell: str, effrems, out: Path) -> Path:
+    """EffRem_T(t) against t/T, one panel per T, one line per training."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    Ts = sorted({int(T) for _, e in effrems for T in e["curves"]})
+    fig, axes = plt.subplots(1, len(Ts), figsize=(3.6 * len(Ts), 3.4), sharey=True, squeeze=False)
+    for ax, T in zip(axes[0], Ts, strict=True):
+        for i, (label, e) in enumerate(effrems):
+            c = e["curves"].get(str(T))
+            if c:
+                ax.plot([t / T for t in c["t"]], c["effrem"], marker="o", ms=3, color=f"C{i}", label=label, lw=1.2)
+        ax.set_title(f"T = {T} ({T // effrems[0][1]['train_length']} x T_train)", fontsize=9)
+        ax.set_xlabel("t / T: share of the context removed")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("EffRem_T(t)")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"{cell}: Effective Remembrance (TV of q(.|x_0..T) and q(.|x_t..T))", fontsize=10)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"effrem_{cell}.png"
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
