@@ -305,10 +305,11 @@ def fit_2_ranks(run_dir, *args):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
 
 
-# On 2 ranks CI runs each new mode once, the step modes alternating (zeros on 2 ranks is
-# tests/training/test_ddp.py's resume test); STUFFED_MAMBA_FULL_MATRIX=1 runs all 8 (passed once,
-# 3.5-14 min each under a load of ~18).
-IN_CI = {("passed", "episode"), ("noise", "segment"), ("fitted_noise", "episode")}
+# On 2 ranks CI runs the mode with the most per-rank state, passed (each rank's carried rows), in
+# episode mode; zeros on 2 ranks is tests/training/test_ddp.py's resume test, and every mode resumes
+# bit-exact on one process above. STUFFED_MAMBA_FULL_MATRIX=1 runs all 8 (all passed: 75-85 s each
+# on CI's machine, 3.5-14 min under a load of ~18): CI's 45 minutes do not hold them all.
+IN_CI = {("passed", "episode")}
 FULL_MATRIX = bool(os.environ.get("STUFFED_MAMBA_FULL_MATRIX"))
 DDP_CASES = [
     pytest.param(
