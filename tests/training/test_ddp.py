@@ -87,6 +87,10 @@ def test_ddp_two_processes(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended(
+    "2-rank DDP resumes bit-exact in CI in test_initial_state's passed case, the Slurm preemption test "
+    "and the context-parallel resume"
+)
 def test_ddp_resume_is_bit_exact(tmp_path):
     fit_cli(tmp_path / "straight", "trainer.max_steps=12")
     fit_cli(tmp_path / "split", "trainer.max_steps=6")

@@ -99,6 +99,7 @@ def test_memory_compares_the_estimate_with_this_machine():
 
 
 @pytest.mark.slow
+@pytest.mark.extended("every check runs in CI in the 370M recipe's doctor test and one by one in this file")
 def test_doctor_passes_on_tiny_cpu():
     """The whole preflight on the embedded recipe: every check passes or is skipped with its reason;
     the fit check trained, saved, resumed and read its checkpoint back."""

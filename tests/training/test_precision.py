@@ -137,6 +137,7 @@ def run_two_ranks(tmp_path, strategy):
 
 
 @pytest.mark.slow
+@pytest.mark.extended("DDP wraps the module without casting: one device and the DeepSpeed engine run in CI")
 def test_bf16_mixed_under_ddp(tmp_path):
     state = load_ckpt(run_two_ranks(tmp_path, "ddp"))["state_dict"]
     assert {v.dtype for v in state.values()} == {torch.float32}

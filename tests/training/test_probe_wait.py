@@ -19,8 +19,10 @@ from stuffed_mamba.training.strategy import build_strategy
 from tests.helpers import QuietFiles, serve
 from tests.training.common import TINY_MODEL
 
-TIMEOUT_S = 60  # the collective timeout of the run: short, but above a loaded machine's start-up skew
-STALL_S = 90  # the evaluation text's first read waits this long: longer than the collective timeout
+# The collective timeout of the run: short (the stall below must outlast it, and the test waits for the
+# stall), but above the ranks' start-up skew and each probe's budget.
+TIMEOUT_S = 40
+STALL_S = 55  # the evaluation text's first read waits this long: longer than the collective timeout
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "deepspeed"])
@@ -61,7 +63,7 @@ def stalling_handler(stall_s: float, seen: list) -> type[QuietFiles]:
 @pytest.mark.slow
 def test_a_stalled_evaluation_text_does_not_time_out_two_ranks(tmp_path):
     seen: list = []
-    budget = 20  # each probe's time budget, below the collective timeout
+    budget = 15  # each probe's time budget, below the collective timeout
 
     def overrides(url: str) -> list[str]:
         return [
