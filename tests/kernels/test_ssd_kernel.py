@@ -98,6 +98,7 @@ def test_state_passed_between_calls_equals_one_call(mamba_kernels):
 
 
 @pytest.mark.slow
+@pytest.mark.extended("every other kernel test runs the configs the autotuner's shim picks")
 def test_first_autotune_configs_too(mamba_kernels):
     """The tests run each kernel's smallest-block config; the first (largest-block) configs give the
     same forward and gradients. (The GPU's autotuner may pick either.)"""

@@ -66,6 +66,7 @@ def test_fit_from_a_hub_name_offline(hub_cache, tmp_path):
     assert ckpt["global_step"] == 4 and ckpt["mamba2_config"]["d_model"] == 32
 
 
+@pytest.mark.extended("fit from a hub name offline runs in CI: the same resolution through model/io")
 def test_eval_of_a_hub_name_offline(hub_cache, tmp_path):
     out = tmp_path / "eval"
     r = run(

@@ -250,6 +250,9 @@ def test_zero1_bf16_skips_a_non_finite_gradient_and_trains_on(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended(
+    "the abort runs in CI on one process (test_nonfinite); the engine's skip path in the ZeRO-1 bf16 test"
+)
 def test_k_nans_in_a_row_abort_with_a_checkpoint_from_before(tmp_path):
     """tests/training/test_nonfinite.py's test under ZeRO-2 with bf16-mixed: NaN losses from call 7
     (episode 2, segment 1) on, K=4: the message names step 7, last.ckpt is the one from step 6, untouched."""
