@@ -116,12 +116,7 @@ def _plot(cell: str, curves, out: Path) -> Path:
     ax.set_title(f"{cell}: loss vs position (dotted: T_train; dash-dotted: S x T_train)", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"position_loss_{cell}.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / f"position_loss_{cell}.png")
 
 
 def _plot_effrem(cell: str, effrems, out: Path) -> Path:
@@ -144,8 +139,13 @@ def _plot_effrem(cell: str, effrems, out: Path) -> Path:
     axes[0][0].set_ylabel("EffRem_T(t)")
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(f"{cell}: Effective Remembrance (TV of q(.|x_0..T) and q(.|x_t..T))", fontsize=10)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"effrem_{cell}.png"
+    return _save(fig, out / f"effrem_{cell}.png")
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
