@@ -226,6 +226,10 @@ def _global_batch_fit(out, devices: int, bptt: str = "full"):
 
 
 @pytest.mark.slow  # two DDP processes + one: ~1 min of CPU
+@pytest.mark.extended(
+    "DDP under full BPTT runs in CI as DeepSpeed's full-BPTT reference (one all-reduce per episode), "
+    "and 2 ranks = 1 rank under full BPTT in the context-parallel test"
+)
 def test_full_under_ddp_equals_one_rank_with_one_allreduce_per_episode(tmp_path):
     """Acceptance 3: 2 ranks x 2 rows = 1 rank x 4 rows, 3 episodes of full BPTT; the S backwards of
     an episode all-reduce once (the first S-1 under `no_sync`), counted by a DDP comm hook."""
