@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -225,10 +224,7 @@ def _counted(monkeypatch, module, name) -> list:
 
 @pytest.mark.slow  # 2-3 min each under the interpreter on a shared 2-core machine
 @pytest.mark.parametrize("cut", ["rows", "sequence"])
-@pytest.mark.skipif(
-    not os.environ.get("STUFFED_MAMBA_LONG_TESTS"),
-    reason="minutes of interpreted SSD per cut (passed here: 189 s and 165 s at load ~18); STUFFED_MAMBA_LONG_TESTS=1 runs it",
-)
+@pytest.mark.extended("minutes of interpreted SSD per cut (passed here: 189 s and 165 s at load ~18)")
 def test_split_kernel_ssd_equals_one_call(mamba_kernels, monkeypatch, cut):
     """y, h_T and d/d(x, Delta, A, B, C, D, h_0) of the kernels split by rows, or along a
     sequence of 40 tokens (chunks of 16: pieces of 16, 16, 8), equal one kernel call."""

@@ -164,11 +164,9 @@ def test_context_parallel_equals_one_process(k, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not os.environ.get("STUFFED_MAMBA_INTERPRETER_CP"),
-    reason="2 ranks of Triton-interpreted kernels over the whole model, forward and backward: passed here in 800 s "
-    "at the lowest priority beside the suite, too long for CI (the op-level SSD test above runs); "
-    "STUFFED_MAMBA_INTERPRETER_CP=1 runs it",
+@pytest.mark.extended(
+    "the kernels' part of the split is the SSD op test below; the whole model on the interpreted kernels "
+    "passed here in 800 s at the lowest priority beside the suite"
 )
 def test_context_parallel_mamba_ssm_kernels_equal_one_process(tmp_path):
     """The same with mamba_ssm's Triton kernels under the interpreter (2 ranks), against the same backend."""
@@ -227,14 +225,8 @@ def _ssd_worker(rank, k, init_file, out_dir):
         errs["final"] = rel_err(final, ref_final)
         for name, a, b in zip(("x", "dt", "A", "B", "C", "D", "h0"), grads, ref_grads, strict=True):
             errs[f"grad_{name}"] = rel_err(a, b)
-        alone, _ = kernels.ssd(
-            *(t[:, sl] if t.dim() > 1 else t for t in inputs[:2]),
-            inputs[2],
-            inputs[3][:, sl],
-            inputs[4][:, sl],
-            chunk_size=16,
-            D=inputs[5],
-        )
+        x, dt, A, B, C, D, _ = inputs
+        alone, _ = kernels.ssd(x[:, sl], dt[:, sl], A, B[:, sl], C[:, sl], chunk_size=16, D=D)
         errs["alone_y"] = rel_err(alone, ref_y[:, sl])
     with open(os.path.join(out_dir, f"ssd{rank}.json"), "w") as f:
         json.dump(errs, f)

@@ -4,7 +4,6 @@ total variation in float64."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -105,10 +104,7 @@ def test_eval_effrem_writes_json_table_and_figure(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not os.environ.get("STUFFED_MAMBA_LONG_TESTS"),
-    reason="CPU minutes; benchmarks/effrem_memory.py prints the same ratio; STUFFED_MAMBA_LONG_TESTS=1 runs it",
-)
+@pytest.mark.extended("CPU minutes; benchmarks/effrem_memory.py prints the same ratio")
 def test_eval_effrem_peak_rss_at_64k_is_within_1_2x_of_4k():
     """Acceptance 3's memory half through the benchmark (two fresh `eval effrem` processes, one
     sequence, t = T/2): ~2 CPU-minutes; measured 1.001."""

@@ -208,9 +208,8 @@ def test_a_child_sweep_adds_overrides_without_restating_them(tmp_path):
     child = write(tmp_path / "sweeps/child.yaml", "base: parent.yaml\nextra_overrides: [trainer.max_steps=3]\n")
     recipe, base = load_sweep(child)
     assert recipe.overrides == ["probes.enabled=false", "trainer.max_steps=2", "trainer.max_steps=3"]
-    assert [o for o in expand(recipe, base)[0].overrides if o.startswith("trainer.max_steps")][
-        -1
-    ] == "trainer.max_steps=3"
+    max_steps = [o for o in expand(recipe, base)[0].overrides if o.startswith("trainer.max_steps")]
+    assert max_steps[-1] == "trainer.max_steps=3"
     recipe, _ = load_sweep(child, ["extra_overrides=[optim.initial_state=passed]"])
     assert recipe.overrides[-1] == "optim.initial_state=passed" and "trainer.max_steps=3" not in recipe.overrides
 

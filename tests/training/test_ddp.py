@@ -88,8 +88,7 @@ def test_ddp_two_processes(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.extended(
-    "2-rank DDP resumes bit-exact in CI in test_initial_state's passed case, the Slurm preemption test "
-    "and the context-parallel resume"
+    "2-rank DDP resumes bit-exact in CI in test_initial_state's passed case and the Slurm preemption test"
 )
 def test_ddp_resume_is_bit_exact(tmp_path):
     fit_cli(tmp_path / "straight", "trainer.max_steps=12")

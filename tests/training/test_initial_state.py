@@ -306,18 +306,16 @@ def fit_2_ranks(run_dir, *args):
 
 
 # On 2 ranks CI runs the mode with the most per-rank state, passed (each rank's carried rows), in
-# episode mode; zeros on 2 ranks is tests/training/test_ddp.py's resume test, and every mode resumes
-# bit-exact on one process above. STUFFED_MAMBA_FULL_MATRIX=1 runs all 8 (all passed: 75-85 s each
-# on CI's machine, 3.5-14 min under a load of ~18): CI's 45 minutes do not hold them all.
+# episode mode; every mode resumes bit-exact on one process above. The other 7 (all passed: 75-85 s each
+# on CI's machine, 3.5-14 min under a load of ~18) are extended: CI's 45 minutes do not hold them all.
 IN_CI = {("passed", "episode")}
-FULL_MATRIX = bool(os.environ.get("STUFFED_MAMBA_FULL_MATRIX") or os.environ.get("STUFFED_MAMBA_EXTENDED"))
 DDP_CASES = [
     pytest.param(
         mode,
         step,
         marks=[]
-        if FULL_MATRIX or (mode, step) in IN_CI
-        else pytest.mark.skip(reason="STUFFED_MAMBA_FULL_MATRIX=1 runs it"),
+        if (mode, step) in IN_CI
+        else pytest.mark.extended("passed/episode runs in CI; every mode resumes bit-exact on one process"),
     )
     for mode in MODES
     for step in STEP_MODES
