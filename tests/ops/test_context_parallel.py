@@ -83,11 +83,26 @@ def _case(model, ids, state, k, rank, *, labels, final_in_loss, checkpointing):
     return logits, out.state.detach(), grads
 
 
-def _worker(rank, k, init_file, out_dir, backend):
+def _join(rank: int, k: int, init_file: str, timeout_s: int) -> None:
+    """This process as rank `rank` of k over gloo, one thread."""
     torch.set_num_threads(1)
     dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=k, timeout=datetime.timedelta(seconds=600)
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=k,
+        timeout=datetime.timedelta(seconds=timeout_s),
     )
+
+
+def _spawn(worker, k: int, tmp_path, *args) -> list[dict]:
+    """Run worker(rank, k, init_file, out_dir, *args) on k processes; each rank's rank{r}.json, in rank order."""
+    mp.spawn(worker, args=(k, str(tmp_path / "init"), str(tmp_path), *args), nprocs=k)
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(k)]
+
+
+def _worker(rank, k, init_file, out_dir, backend):
+    _join(rank, k, init_file, 600)
     if backend == "mamba_ssm":
         from tests.kernels.conftest import interpreted_kernels
 
@@ -141,12 +156,9 @@ def _compare(rank, k, out_dir, backend, all_cases):
 
 def run_ranks(k: int, tmp_path, backend: str = "torch") -> tuple[dict[str, float], dict[str, float]]:
     """Relative errors of k ranks against one process, and of the pieces run alone (rank > 0: large)."""
-    mp.spawn(_worker, args=(k, str(tmp_path / "init"), str(tmp_path), backend), nprocs=k)
     errs: dict[str, float] = {}
     off: dict[str, float] = {}
-    for r in range(k):
-        with open(tmp_path / f"rank{r}.json") as f:
-            got = json.load(f)
+    for r, got in enumerate(_spawn(_worker, k, tmp_path, backend)):
         errs.update({f"rank{r}/{key}": v for key, v in got["errs"].items()})
         off.update({f"rank{r}/{key}": v for key, v in got["off"].items() if r > 0})
     return errs, off
@@ -204,10 +216,7 @@ def _ssd_case(ssd, inputs, piece_of, k, rank):
 def _ssd_worker(rank, k, init_file, out_dir):
     """Rank `rank`: the SSD of its piece on mamba_ssm's interpreted kernels under the split, against the
     same kernels over the whole sequence in this process."""
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=k, timeout=datetime.timedelta(seconds=900)
-    )
+    _join(rank, k, init_file, 900)
     from stuffed_mamba.ops import context_parallel as cp
     from tests.kernels.conftest import interpreted_kernels
 
@@ -228,7 +237,7 @@ def _ssd_worker(rank, k, init_file, out_dir):
         x, dt, A, B, C, D, _ = inputs
         alone, _ = kernels.ssd(x[:, sl], dt[:, sl], A, B[:, sl], C[:, sl], chunk_size=16, D=D)
         errs["alone_y"] = rel_err(alone, ref_y[:, sl])
-    with open(os.path.join(out_dir, f"ssd{rank}.json"), "w") as f:
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(errs, f)
     dist.destroy_process_group()
 
@@ -240,11 +249,7 @@ def test_context_parallel_ssd_on_the_mamba_ssm_kernels_equals_one_process(tmp_pa
     over the ranks) equal one call of the same kernels over the whole sequence (80 tokens, 5 chunks of
     16, the boundary inside a chunk), so h_loc, the kernel's final state, and d/d initial_states, its
     `return_dinitial_states` path, are what the exchange needs. The model-level test above runs it all."""
-    k = 2
-    mp.spawn(_ssd_worker, args=(k, str(tmp_path / "init"), str(tmp_path)), nprocs=k)
-    errs = {
-        f"rank{r}/{key}": v for r in range(k) for key, v in json.loads((tmp_path / f"ssd{r}.json").read_text()).items()
-    }
+    errs = {f"rank{r}/{key}": v for r, got in enumerate(_spawn(_ssd_worker, 2, tmp_path)) for key, v in got.items()}
     bad = {key: v for key, v in errs.items() if "alone" not in key and not v < KERNEL_TOL}
     assert not bad, errs
     assert errs["rank1/alone_y"] > 1e-2, errs  # without the exchange rank 1's piece is far off
