@@ -19,17 +19,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
+from stuffed_mamba import errors
 from stuffed_mamba.analysis.results import read_results
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sweeps", nargs="+", metavar="LABEL=SWEEP_DIR")
     ap.add_argument("--out", required=True, help="folder for the plots")
     args = ap.parse_args()
-    variants = [tuple(s.split("=", 1)) for s in args.sweeps]
+    if bad := [s for s in args.sweeps if "=" not in s]:
+        ap.error(f"{bad[0]}: expected LABEL=SWEEP_DIR")
+    try:
+        compare([tuple(s.split("=", 1)) for s in args.sweeps], Path(args.out))
+    except (OSError, ValueError) as e:  # a missing sweep folder, results table or evaluation file
+        print(f"compare_trainings: error: {errors.first_line(e)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def compare(variants: list[tuple[str, str]], out: Path) -> None:
+    """The table on stdout and the plots in `out` (module docstring)."""
     rows = {
         label: {r["cell"]: r for r in read_results(Path(d) / "results.jsonl")[0] if r.get("status") == "ok"}
         for label, d in variants
@@ -63,9 +76,9 @@ def main() -> None:
             if e:
                 effrems.append((label, e))
         if curves:
-            print(f"plot: {_plot(cell, curves, Path(args.out))}", flush=True)
+            print(f"plot: {_plot(cell, curves, out)}", flush=True)
         if effrems:
-            print(f"plot: {_plot_effrem(cell, effrems, Path(args.out))}", flush=True)
+            print(f"plot: {_plot_effrem(cell, effrems, out)}", flush=True)
 
 
 def _effrem(sweep_dir: str, cell: str) -> dict | None:
@@ -153,4 +166,4 @@ def _save(fig, path: Path) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
